@@ -1,0 +1,97 @@
+# Large Language Models: from Theory to Practice -- set-up, tests and builds.
+#
+#   make lab      .venv + offline assets, then JupyterLab on notebooks/      (the main job)
+#   make test     .venv + assets, unit tests (network guard on), every notebook via nbmake (ci)
+#   make course   execute every notebook in the default profile into build/ (+ HTML, index)
+#   make doctor   versions, device, profile and asset state, for bug reports
+#   make clean    remove build outputs and caches (keeps .venv and data/)
+#
+# Needs GNU make and Python 3.11 (PYTHON=python3.11 make ... to choose one); never needs root.
+# Variables: PYTHON, LAB_ARGS (e.g. LAB_ARGS=--no-browser), PYTEST_ARGS (e.g. -k attention),
+# NB (notebooks for nbmake / make course, default notebooks/), PROFILE (for make course),
+# TORCH_SPEC / TORCH_PIP_ARGS (e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# to get the small CPU-only wheel on Linux instead of the CUDA one).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+LAB_ARGS ?=
+PYTEST_ARGS ?=
+NB ?= notebooks/
+PROFILE ?=
+NBMAKE_TIMEOUT ?= 300
+
+# The stamp's name carries a hash of the lock and pyproject.toml: when neither changed, the
+# venv is up to date and pip is not run again.
+LOCK_HASH := $(shell $(PYTHON) -c "import hashlib;print(hashlib.sha256(open('requirements.lock','rb').read()+open('pyproject.toml','rb').read()).hexdigest()[:16])" 2>/dev/null || echo nohash)
+STAMP := $(VENV)/.installed-$(LOCK_HASH)
+
+# Everything the tests run with: offline Hugging Face libraries, a headless plot backend, and
+# the network guard in every Python process (kernels included) through sitecustomize.py.
+TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg \
+	TOKENIZERS_PARALLELISM=false PYTHONPATH="$(CURDIR)/tests/netguard$${PYTHONPATH:+:$$PYTHONPATH}"
+
+.PHONY: help venv install assets lab test test-unit test-notebooks course doctor clean
+
+help:
+	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+
+venv install: $(STAMP)
+
+# torch goes first, on its own: on Linux any other spec pulls gigabytes of CUDA wheels, and
+# this way the lock's torch==2.13.0 is already satisfied (a local +cpu build counts as 2.13.0).
+$(STAMP): requirements.lock pyproject.toml
+	@if [ ! -x "$(PY)" ]; then \
+	  echo "make: creating $(VENV) with $$($(PYTHON) --version 2>&1)"; \
+	  $(PYTHON) -m venv $(VENV); \
+	fi
+	@$(PY) -c "import sys; v=sys.version_info[:2]; (v!=(3,11)) and print(f'make: warning: the lock was made with Python 3.11, this venv has {v[0]}.{v[1]}; set PYTHON=python3.11 if pip fails')"
+	$(PY) -m pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(PY) -m pip install -r requirements.lock
+	$(PY) -m pip install --no-deps -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+	@echo "make: $(VENV) matches requirements.lock ($(LOCK_HASH))"
+
+# Fetch and verify the offline data and models (idempotent), then de-quantise SmolLM2 once.
+assets: $(STAMP)
+	$(PY) -m course_utils.assets fetch-all
+	$(PY) -m course_utils.pretrained prepare
+
+lab: $(STAMP) assets
+	$(BIN)/jupyter lab $(NB) --ip=127.0.0.1 $(LAB_ARGS)
+
+test: test-unit test-notebooks
+
+test-unit: $(STAMP) assets
+	$(TEST_ENV) $(PY) -m pytest tests/ $(PYTEST_ARGS)
+
+# Exit code 5 ("no tests collected") is never turned into success: when there is no notebook
+# at all the step says so and is skipped; otherwise pytest's own exit code decides.
+test-notebooks: $(STAMP) assets
+	@n=$$(find $(NB) -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | wc -l); \
+	if [ "$$n" -eq 0 ]; then \
+	  echo "make: no notebooks under $(NB) yet -- nbmake step skipped"; \
+	else \
+	  echo "make: running $$n notebooks through nbmake (COURSE_PROFILE=ci)"; \
+	  $(TEST_ENV) COURSE_PROFILE=ci $(PY) -m pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) \
+	    --durations=0 $(NB) $(PYTEST_ARGS); \
+	fi
+
+course: $(STAMP) assets
+	$(PY) tools/build_course.py --out build $(if $(PROFILE),--profile $(PROFILE)) $(NB)
+
+doctor:
+	@if [ -x "$(PY)" ]; then $(PY) -m course_utils.doctor; else $(PYTHON) -m course_utils.doctor; fi
+
+clean:
+	rm -rf build .pytest_cache
+	find . -path ./$(VENV) -prune -o -path ./data -prune -o \
+	  \( -name __pycache__ -o -name .ipynb_checkpoints \) -type d -print0 | xargs -0 rm -rf
