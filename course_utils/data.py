@@ -16,6 +16,7 @@ Defined in chapter 0, Setup.
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import random
 import re
