@@ -35,7 +35,10 @@ STAMP := $(VENV)/.installed-$(LOCK_HASH)
 
 # Everything the tests run with: offline Hugging Face libraries, a headless plot backend, and
 # the network guard in every Python process (kernels included) through sitecustomize.py.
-TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg \
+# One OpenMP thread per process: the models of the ci profile are small, and on a busy 2-core
+# machine PyTorch's spinning threads slowed notebooks down up to 10x. TEST_THREADS=2 to change.
+TEST_THREADS ?= 1
+TEST_ENV := OMP_NUM_THREADS=$(TEST_THREADS) HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg \
 	TOKENIZERS_PARALLELISM=false PYTHONPATH="$(CURDIR)/tests/netguard$${PYTHONPATH:+:$$PYTHONPATH}"
 
 .PHONY: help venv install assets lab test test-unit test-notebooks course doctor clean
