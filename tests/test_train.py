@@ -1,0 +1,252 @@
+"""Tests of course_utils.train: schedule, optimizer groups, accumulation, exact resume, errors."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from course_utils import checkpoint as ckpt
+from course_utils.train import (
+    TrainConfig, TrainEvent, Trainer, configure_optimizer, default_loss, get_lr, make_accelerator,
+)
+from course_utils.train_data import RandomBlockSampler
+
+VOCAB, BLOCK = 11, 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP spin-waits on a busy 2-core CI machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class TinyLM(nn.Module):
+    """A minimal causal LM with the course GPT's interface (and dropout, so RNG state matters)."""
+
+    def __init__(self, vocab: int = VOCAB, width: int = 16, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, width)
+        self.ln = nn.LayerNorm(width)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        logits = self.head(self.drop(self.ln(self.emb(idx))))
+        loss = None if targets is None else F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+
+def _data(n: int = 400, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(VOCAB, (n,), generator=g)
+
+
+def _trainer(tmp: Path | None, max_steps: int = 12, **kw) -> Trainer:
+    torch.manual_seed(0)
+    model = TinyLM()
+    cfg = TrainConfig(max_steps=max_steps, lr=3e-2, warmup_steps=3, eval_interval=4, eval_iters=2,
+                      batch_size=4, checkpoint_dir=tmp, progress=False, mixed_precision="no", **kw)
+    return Trainer(model, cfg, RandomBlockSampler(_data(), BLOCK, 4, seed=1),
+                   RandomBlockSampler(_data(seed=5), BLOCK, 4, seed=2))
+
+
+# ------------------------------------------------------------------ schedule
+def test_lr_schedule_values() -> None:
+    kw = dict(max_lr=1.0, warmup_steps=10, max_steps=110, min_lr=0.1)
+    assert get_lr(0, **kw) == pytest.approx(1 / 11)
+    assert get_lr(9, **kw) == pytest.approx(10 / 11)
+    assert get_lr(10, **kw) == pytest.approx(1.0)                       # peak after warm-up
+    assert get_lr(60, **kw) == pytest.approx(0.1 + 0.9 * 0.5)           # half-way: cos(pi/2) = 0
+    assert get_lr(110, **kw) == pytest.approx(0.1)
+    assert get_lr(500, **kw) == pytest.approx(0.1)
+    values = [get_lr(s, **kw) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))               # monotone decay
+
+
+def test_lr_schedule_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="warmup_steps"):
+        get_lr(0, max_lr=1.0, warmup_steps=20, max_steps=10, min_lr=0.0)
+    with pytest.raises(ValueError, match="min_lr"):
+        get_lr(0, max_lr=1.0, warmup_steps=0, max_steps=10, min_lr=2.0)
+
+
+def test_trainer_follows_schedule() -> None:
+    tr = _trainer(None, max_steps=12)
+    tr.fit()
+    want = [get_lr(s, max_lr=3e-2, warmup_steps=3, max_steps=12, min_lr=3e-3) for s in range(12)]
+    assert tr.history["lr"] == pytest.approx(want)
+    assert tr.history["eval_step"] == [0, 4, 8, 12]
+
+
+# ------------------------------------------------------------------ optimizer
+def test_decay_groups() -> None:
+    model = TinyLM()
+    opt = configure_optimizer(model, lr=1e-3, weight_decay=0.1)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(model.emb.weight), id(model.head.weight)}
+    assert {id(p) for p in no_decay["params"]} == {id(model.ln.weight), id(model.ln.bias), id(model.head.bias)}
+    with pytest.raises(TypeError, match="nn.Module"):
+        configure_optimizer("model", lr=1e-3, weight_decay=0.1)  # type: ignore[arg-type]
+
+
+def test_accumulation_equals_big_batch() -> None:
+    """k micro-batches of b rows accumulate to the same update as one batch of k*b rows."""
+    data = _data()
+    torch.manual_seed(0)
+    big_model = TinyLM(dropout=0.0)
+    small_model = TinyLM(dropout=0.0)
+    small_model.load_state_dict(big_model.state_dict())
+    cfg_big = TrainConfig(max_steps=3, lr=1e-2, warmup_steps=0, batch_size=8, progress=False,
+                          mixed_precision="no", eval_interval=100, grad_clip=0.5)
+    cfg_small = TrainConfig(max_steps=3, lr=1e-2, warmup_steps=0, batch_size=2, grad_accum_steps=4,
+                            progress=False, mixed_precision="no", eval_interval=100, grad_clip=0.5)
+
+    class Fixed:  # hands out the same 8 rows, whole or in quarters
+        def __init__(self, b: int) -> None:
+            self.x = data[:8 * BLOCK].view(8, BLOCK)
+            self.y = data[1:8 * BLOCK + 1].view(8, BLOCK)
+            self.b, self.i = b, 0
+
+        def next_batch(self):
+            j = self.i % (8 // self.b)
+            self.i += 1
+            return self.x[j * self.b:(j + 1) * self.b], self.y[j * self.b:(j + 1) * self.b]
+
+        def eval_batches(self, n):
+            return [(self.x, self.y)]
+
+        def state_dict(self):
+            return {"i": self.i}
+
+        def load_state_dict(self, s):
+            self.i = s["i"]
+
+    big = Trainer(big_model, cfg_big, Fixed(8))
+    small = Trainer(small_model, cfg_small, Fixed(2))
+    big.fit()
+    small.fit()
+    assert small.history["loss"] == pytest.approx(big.history["loss"], rel=1e-5)
+    for (n, p), q in zip(big.unwrapped_model.named_parameters(), small.unwrapped_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+# ------------------------------------------------------------------ checkpoint and resume
+def test_resume_is_bit_exact(tmp_path: Path) -> None:
+    full = _trainer(None, max_steps=12)
+    full.fit()
+
+    first = _trainer(tmp_path, max_steps=12)
+    first.fit(stop_after=7)                       # "interrupted" after step 7
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-000007"
+    # a new process would build a fresh model with other weights and other RNG draws
+    torch.manual_seed(123)
+    torch.rand(100)
+    second = _trainer(tmp_path, max_steps=12)
+    with torch.no_grad():
+        for p in second.unwrapped_model.parameters():
+            p.add_(1.0)
+    second.fit()
+    assert second.resumed_from is not None and second.resumed_from.name == "step-000007"
+    assert second.history["loss"] == full.history["loss"]           # exact, not approx
+    assert second.history["val_loss"] == full.history["val_loss"]
+    for p, q in zip(full.unwrapped_model.parameters(), second.unwrapped_model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_checkpoint_interval_and_keep(tmp_path: Path) -> None:
+    tr = _trainer(tmp_path, max_steps=12, checkpoint_interval=3, keep_checkpoints=2)
+    tr.fit()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000009", "step-000012"]
+
+
+def test_resume_with_changed_settings_warns(tmp_path: Path) -> None:
+    _trainer(tmp_path, max_steps=12).fit(stop_after=4)
+    with pytest.warns(UserWarning, match="changed settings"):
+        _trainer(tmp_path, max_steps=20).fit(stop_after=5)
+
+
+def test_callback_sees_events_and_cannot_disturb_rng() -> None:
+    events: list[TrainEvent] = []
+
+    def noisy(ev: TrainEvent) -> None:  # e.g. sampling text in a callback draws random numbers
+        events.append(ev)
+        torch.rand(1000)
+
+    quiet = _trainer(None)
+    quiet.fit()
+    loud = _trainer(None, log=noisy)
+    loud.fit()
+    assert loud.history["loss"] == quiet.history["loss"]
+    kinds = [e.kind for e in events]
+    assert kinds.count("step") == 12 and kinds.count("eval") == 3 and kinds[-1] == "end"
+    assert all(e.val_loss is not None for e in events if e.kind == "eval")
+
+
+def test_loss_decreases_on_learnable_data() -> None:
+    seq = torch.arange(400) % VOCAB  # deterministic sequence: next token = current + 1
+    torch.manual_seed(0)
+    cfg = TrainConfig(max_steps=60, lr=5e-2, warmup_steps=5, eval_interval=60, eval_iters=2,
+                      batch_size=8, progress=False, mixed_precision="no")
+    tr = Trainer(TinyLM(dropout=0.0), cfg, RandomBlockSampler(seq, BLOCK, 8, seed=0))
+    tr.fit()
+    assert tr.history["train_loss"][-1] < 0.3 * tr.history["train_loss"][0]
+
+
+# ------------------------------------------------------------------ errors
+@pytest.mark.parametrize("kw, match", [
+    (dict(max_steps=0), "max_steps"),
+    (dict(lr=-1.0), "lr"),
+    (dict(warmup_steps=50, max_steps=10), "warmup_steps"),
+    (dict(min_lr=1.0, lr=0.1), "min_lr"),
+    (dict(grad_accum_steps=0), "grad_accum_steps"),
+    (dict(mixed_precision="fp8"), "mixed_precision"),
+    (dict(checkpoint_interval=10), "checkpoint_dir"),
+    (dict(betas=(0.9, 1.5)), "betas"),
+    (dict(grad_clip=0.0), "grad_clip"),
+    (dict(batch_size=2.5), "batch_size"),
+])
+def test_bad_config(kw: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kw)
+
+
+def test_bad_trainer_inputs() -> None:
+    cfg = TrainConfig(max_steps=2, warmup_steps=0, progress=False, mixed_precision="no")
+    with pytest.raises(TypeError, match="sampler"):
+        Trainer(TinyLM(), cfg, [1, 2, 3])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="TrainConfig"):
+        Trainer(TinyLM(), {"max_steps": 2}, RandomBlockSampler(_data(), BLOCK, 2))  # type: ignore[arg-type]
+    tr = Trainer(TinyLM(), cfg, RandomBlockSampler(_data(), BLOCK, 2))
+    with pytest.raises(ValueError, match="stop_after"):
+        tr.fit(stop_after=5)
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        tr.save_checkpoint()
+    with pytest.raises(TypeError, match="batch"):
+        default_loss(TinyLM(), torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_make_accelerator_switches_precision_in_one_process() -> None:
+    a = make_accelerator("no", device="cpu")
+    assert a.mixed_precision == "no" and a.device.type == "cpu"
+    b = make_accelerator("bf16", device="cpu")   # would raise in plain Accelerate
+    assert b.mixed_precision == "bf16"
+    c = make_accelerator("auto", device="cpu")   # fp32 on CPU
+    assert c.mixed_precision == "no"
+
+
+def test_bf16_autocast_trains_on_cpu() -> None:
+    torch.manual_seed(0)
+    cfg = TrainConfig(max_steps=3, warmup_steps=0, progress=False, mixed_precision="bf16", eval_interval=3,
+                      eval_iters=1, batch_size=4)
+    tr = Trainer(TinyLM(), cfg, RandomBlockSampler(_data(), BLOCK, 4))
+    tr.fit()
+    assert all(math.isfinite(v) for v in tr.history["loss"])
+    make_accelerator("no", device="cpu")  # leave the shared state as other tests expect
