@@ -1,0 +1,87 @@
+"""Generation speed of the course GPT with and without a KV cache (chapter 6, Generation).
+
+For each model size, greedy decoding of ``--new`` tokens after a ``--prompt``-token prompt,
+once recomputing the whole prefix every step and once with the KV cache (both through
+``course_utils.generation.step_fn``). The two runs ALTERNATE, round after round (the order swaps
+each round), so a busy machine slows both alike; the median time over rounds gives tokens/s and
+the ratio. Speed does not depend on the weights, so the models are randomly initialised.
+Printed, never asserted.
+
+    python benchmarks/generation.py                  # 3 sizes, 256 new tokens, 3 rounds
+    python benchmarks/generation.py --quick          # a smoke run (seconds)
+    python benchmarks/generation.py --threads 1 --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from course_utils import generation
+from course_utils.models.gpt import GPT, GPTConfig
+
+SIZES = [(2, 64), (4, 128), (6, 256)]   # (n_layer, n_embd)
+
+
+def decode_seconds(model: GPT, prompt: torch.Tensor, new_tokens: int, use_cache: bool) -> tuple[float, torch.Tensor]:
+    """Wall time of greedy decoding ``new_tokens`` after ``prompt`` [1, T]; also returns the ids."""
+    step = generation.step_fn(model, use_cache=use_cache)
+    ids, cache = prompt, None
+    if prompt.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        logits, cache = step(ids, cache)
+        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+    if prompt.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, ids
+
+
+def run(sizes: list[tuple[int, int]], prompt_len: int, new_tokens: int, rounds: int, device: str) -> None:
+    block = prompt_len + new_tokens
+    print(f"device {device}, {torch.get_num_threads()} threads | prompt {prompt_len} + {new_tokens} new tokens, "
+          f"block_size {block} | median of {rounds} rounds")
+    print(f"{'layers':>6s} {'width':>6s} {'params':>8s} {'no cache tok/s':>15s} {'cache tok/s':>12s} {'ratio':>7s}")
+    for n_layer, n_embd in sizes:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=65, block_size=block, n_layer=n_layer, n_head=4, n_embd=n_embd))
+        model = model.to(device).eval()
+        prompt = torch.randint(0, 65, (1, prompt_len), device=device)
+        decode_seconds(model, prompt, 4, True)                       # warm-up
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for r in range(rounds):
+            for use_cache in ((True, False) if r % 2 == 0 else (False, True)):
+                seconds, ids = decode_seconds(model, prompt, new_tokens, use_cache)
+                times[use_cache].append(seconds)
+                if use_cache:
+                    cached_ids = ids
+                else:
+                    full_ids = ids
+        same = "" if torch.equal(cached_ids, full_ids) else "  (outputs differ!)"
+        t_cache, t_full = statistics.median(times[True]), statistics.median(times[False])
+        print(f"{n_layer:6d} {n_embd:6d} {model.num_params() / 1e6:7.2f}M {new_tokens / t_full:15.1f} "
+              f"{new_tokens / t_cache:12.1f} {t_full / t_cache:6.1f}x{same}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompt", type=int, default=128, help="prompt length in tokens")
+    ap.add_argument("--new", type=int, default=256, help="tokens to generate")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="one small size, 32 tokens, 1 round")
+    args = ap.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        run(SIZES[:1], 32, 32, 1, args.device)
+    else:
+        run(SIZES, args.prompt, args.new, args.rounds, args.device)
+
+
+if __name__ == "__main__":
+    main()
