@@ -1,0 +1,1 @@
+"""Local evaluate metric module (see course_utils.metrics.load_metric)."""
