@@ -1,0 +1,97 @@
+"""Tests of course_utils.apps: chat generation, ChatSession trimming, summarize, the chat widget."""
+from __future__ import annotations
+
+import pytest
+
+from course_utils import apps
+from course_utils.apps import ChatSession, ChatWidget
+
+
+def _words(messages: list[dict]) -> int:
+    """A stand-in token counter: one token per word, plus two per message (role markers)."""
+    return sum(len(m["content"].split()) + 2 for m in messages)
+
+
+def _session(budget: int, turns: int) -> ChatSession:
+    s = ChatSession(model=None, tokenizer=None, system_prompt="be kind", max_context_tokens=budget,
+                    count_tokens=_words)
+    for i in range(turns):
+        s.add("user", f"question {i} here")
+        s.add("assistant", f"answer {i}")
+    return s
+
+
+def test_trimming_keeps_system_prompt_and_latest_turns() -> None:
+    s = _session(budget=25, turns=5)  # system 4 tokens; a user msg 5, an assistant msg 4
+    ctx = s.context()
+    assert ctx[0] == {"role": "system", "content": "be kind"}
+    assert ctx[1:] == s.history[-len(ctx) + 1:], "the kept messages are the latest ones, in order"
+    assert ctx[1]["role"] == "user", "the kept part starts on a user turn"
+    assert _words(ctx) <= 25 and len(ctx) - 1 < len(s.history)
+    assert ctx[-1]["content"] == "answer 4"
+    # a larger budget keeps everything
+    assert _session(budget=1000, turns=5).context()[1:] == _session(budget=1000, turns=5).history
+
+
+def test_newest_message_kept_even_over_budget() -> None:
+    s = _session(budget=3, turns=2)
+    s.add("user", "a very long question that is far over the tiny budget")
+    ctx = s.context()
+    assert [m["role"] for m in ctx] == ["system", "user"] and ctx[-1] == s.history[-1]
+
+
+def test_session_bad_input() -> None:
+    with pytest.raises(ValueError, match="max_context_tokens"):
+        ChatSession(None, None, max_context_tokens=0)
+    s = _session(budget=50, turns=0)
+    with pytest.raises(ValueError, match="system_prompt"):
+        s.add("system", "x")
+    with pytest.raises(ValueError, match="role"):
+        s.add("robot", "x")
+    with pytest.raises(ValueError, match="non-empty"):
+        s.send("   ")
+
+
+def test_chat_generate_rejects_bad_messages() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        apps.chat_prompt_ids(None, [])
+    with pytest.raises(ValueError, match="role"):
+        apps.chat_prompt_ids(None, [{"role": "user"}])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        apps.chat_generate(None, None, [{"role": "user", "content": "hi"}], max_new_tokens=0)
+    with pytest.raises(ValueError, match="text"):
+        apps.summarize("", None, None)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from course_utils import pretrained
+
+    return pretrained.load_smollm2()
+
+
+def test_real_session_widget_and_summary(smollm2) -> None:
+    """One SmolLM2 load: a chat turn through the widget's click handler, a short summary."""
+    model, tokenizer = smollm2
+    session = ChatSession(model, tokenizer, max_context_tokens=40, max_new_tokens=4)
+    widget = ChatWidget(session)
+    assert "no messages yet" in widget.transcript.value
+    widget.text.value = "Say hello <b>please</b>"
+    widget.on_send(widget.button)  # what a click on "Send" calls
+    assert [m["role"] for m in session.history] == ["user", "assistant"]
+    assert session.history[0]["content"] == "Say hello <b>please</b>" and widget.text.value == ""
+    assert "&lt;b&gt;please" in widget.transcript.value, "user text is HTML-escaped"
+    widget.on_send(widget.button)  # an empty field sends nothing
+    assert len(session.history) == 2
+    widget.text.value = "And again"
+    widget.button.click()  # the registered handler runs
+    assert len(session.history) == 4
+    # the real chat-template counter: the trimmed context fits the budget (or is the newest turn)
+    ctx = session.context()
+    assert ctx[0]["role"] == "system" and ctx[-1] == session.history[-1]
+    assert session.n_tokens(ctx) <= 40 or len(ctx) == 2
+    summary = apps.summarize("The cat sat on the mat all day. It did not move.", model, tokenizer,
+                             max_words=5, max_new_tokens=4)
+    assert isinstance(summary, str) and summary
+    with pytest.raises(TypeError, match="ChatSession"):
+        ChatWidget("not a session")  # type: ignore[arg-type]
