@@ -127,6 +127,14 @@ def _publish(build: Callable[[Path], dict[str, Any]], final: Path, replace: bool
 
 
 # ------------------------------------------------------------------------------ char GPT
+def _save_model_into(model: Any, folder: Path) -> None:
+    """``model.save_pretrained`` into an existing folder (it writes a new one, so move the files up)."""
+    model.save_pretrained(folder / "model")
+    for name in os.listdir(folder / "model"):
+        os.replace(folder / "model" / name, folder / name)
+    (folder / "model").rmdir()
+
+
 def shakespeare_row_text(row: dict[str, Any]) -> str:
     """One speech as ``SPEAKER:\\nline\\nline\\n\\n`` (same layout as ``data.shakespeare_text``)."""
     return f"{row['speaker']}:\n{row['text']}\n\n"
@@ -175,10 +183,7 @@ def save_char_gpt(model: Any, tokenizer: Any, profile: str | None = None, meta: 
     """Publish a trained char GPT (and its tokenizer) where :func:`load_or_pretrain_char_gpt` finds
     it, replacing an earlier one unless ``replace=False``."""
     def build(tmp: Path) -> dict[str, Any]:
-        model.save_pretrained(tmp / "model")
-        for name in os.listdir(tmp / "model"):
-            os.replace(tmp / "model" / name, tmp / name)
-        (tmp / "model").rmdir()
+        _save_model_into(model, tmp)
         tokenizer.save(tmp / "tokenizer")
         return {"name": CHAR_GPT_NAME, "profile": get_profile(profile).name, **(meta or {})}
 
@@ -244,10 +249,7 @@ def save_zh_bert(model: Any, tokenizer: Any, profile: str | None = None, meta: d
     """Publish a trained Chinese BERT (and tokenizer) where :func:`load_or_pretrain_zh_bert` finds
     it, replacing an earlier one unless ``replace=False``."""
     def build(tmp: Path) -> dict[str, Any]:
-        model.save_pretrained(tmp / "model")
-        for name in os.listdir(tmp / "model"):
-            os.replace(tmp / "model" / name, tmp / name)
-        (tmp / "model").rmdir()
+        _save_model_into(model, tmp)
         tokenizer.save_pretrained(str(tmp))
         return {"name": ZH_BERT_NAME, "profile": get_profile(profile).name, "specials": list(ZH_SPECIALS),
                 **(meta or {})}
