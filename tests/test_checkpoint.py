@@ -13,14 +13,6 @@ import torch.nn as nn
 from course_utils import checkpoint as ckpt
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Tied(nn.Module):
     """Embedding and output layer share one weight, as in GPT (safetensors must cope)."""
 

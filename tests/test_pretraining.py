@@ -21,10 +21,7 @@ ZH_TEXTS = ["中华人民共和国成立了。", "北京是中国的首都。", 
 @pytest.fixture(autouse=True)
 def isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "data"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield tmp_path / "data"
-    torch.set_num_threads(before)
 
 
 @pytest.fixture()

@@ -18,15 +18,6 @@ from course_utils.train_data import RandomBlockSampler
 VOCAB, BLOCK = 11, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits on a busy 2-core CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class TinyLM(nn.Module):
     """A minimal causal LM with the course GPT's interface (and dropout, so RNG state matters)."""
 
