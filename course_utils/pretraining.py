@@ -135,6 +135,22 @@ def _save_model_into(model: Any, folder: Path) -> None:
     (folder / "model").rmdir()
 
 
+def _trained_folder(name: str, label: str, profile: str | None, pretrain: Callable[..., Any],
+                    save: Callable[..., Path], progress: bool) -> Path:
+    """The folder of the profile's trained model ``name``; trains and saves it first if missing.
+
+    ``replace=False``: if another process published one meanwhile, that copy is kept.
+    """
+    folder = model_dir(name, profile)
+    if not is_complete(folder):
+        print(f"no trained {label} in {folder}; training one ({get_profile(profile).name} profile)")
+        start = time.perf_counter()
+        model, tok, history = pretrain(profile, progress=progress)
+        save(model, tok, profile, {"val_loss": history["val_loss"][-1], "steps": history["step"][-1],
+                                   "seconds": round(time.perf_counter() - start, 1)}, replace=False)
+    return folder
+
+
 def shakespeare_row_text(row: dict[str, Any]) -> str:
     """One speech as ``SPEAKER:\\nline\\nline\\n\\n`` (same layout as ``data.shakespeare_text``)."""
     return f"{row['speaker']}:\n{row['text']}\n\n"
@@ -197,13 +213,7 @@ def load_or_pretrain_char_gpt(profile: str | None = None, progress: bool = True)
     """
     from .models.gpt import GPT
 
-    folder = model_dir(CHAR_GPT_NAME, profile)
-    if not is_complete(folder):
-        print(f"no trained char GPT in {folder}; training one ({get_profile(profile).name} profile)")
-        start = time.perf_counter()
-        model, tok, history = pretrain_char_gpt(profile, progress=progress)
-        save_char_gpt(model, tok, profile, {"val_loss": history["val_loss"][-1], "steps": history["step"][-1],
-                                            "seconds": round(time.perf_counter() - start, 1)}, replace=False)
+    folder = _trained_folder(CHAR_GPT_NAME, "char GPT", profile, pretrain_char_gpt, save_char_gpt, progress)
     return GPT.from_pretrained(folder).eval(), CharTokenizer.load(folder / "tokenizer")
 
 
@@ -265,13 +275,7 @@ def load_or_pretrain_zh_bert(profile: str | None = None, progress: bool = True) 
     """
     from .models.bert import BertForMaskedLM
 
-    folder = model_dir(ZH_BERT_NAME, profile)
-    if not is_complete(folder):
-        print(f"no trained Chinese BERT in {folder}; training one ({get_profile(profile).name} profile)")
-        start = time.perf_counter()
-        model, tok, history = pretrain_zh_bert(profile, progress=progress)
-        save_zh_bert(model, tok, profile, {"val_loss": history["val_loss"][-1], "steps": history["step"][-1],
-                                           "seconds": round(time.perf_counter() - start, 1)}, replace=False)
+    folder = _trained_folder(ZH_BERT_NAME, "Chinese BERT", profile, pretrain_zh_bert, save_zh_bert, progress)
     return BertForMaskedLM.from_pretrained(folder).eval(), load_zh_tokenizer(folder)
 
 
