@@ -132,6 +132,21 @@ def zh_corpus_ids(tokenizer: Any, max_lines: int | None = None) -> tuple[torch.T
     return out[0], out[1]
 
 
+def unigram_loss(train_ids: torch.Tensor, val_ids: torch.Tensor, tokenizer: Any) -> float:
+    """Cross-entropy (nats) on the characters of ``val_ids`` [M] of a model that ignores context
+    and predicts every character by its frequency in ``train_ids`` [N] (add-one smoothed;
+    special tokens are never predicted, so they are left out). This is the masked-LM plateau:
+    a BERT whose validation loss sits here has not yet learned to use the context."""
+    special = torch.tensor([tokenizer.convert_tokens_to_ids(t) for t in ZH_SPECIALS])
+    train = train_ids[~torch.isin(train_ids, special)]
+    val = val_ids[~torch.isin(val_ids, special)]
+    if train.numel() == 0 or val.numel() == 0:
+        raise ValueError("train_ids and val_ids must hold characters besides special tokens")
+    counts = torch.bincount(train, minlength=len(tokenizer)).double() + 1.0
+    counts[special] = 0.0
+    return float(-(counts / counts.sum()).log()[val].mean())
+
+
 class MLMBlockSampler:
     """Batches ``{"input_ids", "attention_mask", "labels"}`` [B, seq_len] for masked LM.
 
@@ -208,5 +223,5 @@ def fill_mask(model: Any, tokenizer: Any, text: str, k: int = 5) -> list[list[tu
     return out
 
 
-__all__ = ["fill_mask", "ZH_SPECIALS", "normalize_zh", "count_chars", "zh_vocab", "make_zh_tokenizer", "build_zh_char_tokenizer",
+__all__ = ["fill_mask", "unigram_loss", "ZH_SPECIALS", "normalize_zh", "count_chars", "zh_vocab", "make_zh_tokenizer", "build_zh_char_tokenizer",
            "load_zh_tokenizer", "unk_rate", "lines_to_ids", "zh_corpus_ids", "MLMBlockSampler"]

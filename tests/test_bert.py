@@ -51,6 +51,45 @@ def test_mlm_tied_and_loss():
     assert out.logits.shape == (2, 9, 50) and out.loss.item() == pytest.approx(torch.log(torch.tensor(50.0)).item(), abs=1.0)
 
 
+def test_mlm_labelled_only_same_loss_and_gradients():
+    torch.manual_seed(0)
+    m = BertForMaskedLM(cfg())
+    ids = torch.randint(5, 50, (3, 11))
+    inp, labels = mask_tokens(ids, mask_token_id=4, vocab_size=50, special_ids=(0, 1, 2, 3), mlm_prob=0.3,
+                              generator=torch.Generator().manual_seed(1))
+    full = m(inp, labels=labels)
+    full.loss.backward()
+    g_full = m.bert.word_embeddings.weight.grad.clone()
+    m.zero_grad()
+    sparse = m(inp, labels=labels, labelled_only=True)
+    sparse.loss.backward()
+    keep = labels != -100
+    assert sparse.logits.shape == (int(keep.sum()), 50)
+    torch.testing.assert_close(sparse.logits, full.logits[keep], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sparse.loss, full.loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(m.bert.word_embeddings.weight.grad, g_full, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs labels"):
+        m(inp, labelled_only=True)
+
+
+def test_pre_ln_variant():
+    torch.manual_seed(0)
+    post, pre = BertModel(cfg()), BertModel(cfg(pre_ln=True))
+    assert post.ln_final is None and pre.ln_final is not None
+    pre.load_state_dict({**post.state_dict(), **{k: v for k, v in pre.state_dict().items() if k.startswith("ln_final")}})
+    # post-LN ends each layer with a LayerNorm; pre-LN adds to the residual stream untouched
+    x = torch.randn(2, 6, 32) * 3 + 5
+    assert post.layers[0](x, None)[0].mean(-1).abs().max() < 1e-4
+    assert (pre.layers[0](x, None)[0].mean(-1) - x.mean(-1)).abs().max() < 0.1
+    # ... so the pre-LN encoder needs its final LayerNorm (weight 1, bias 0 at init)
+    ids = torch.randint(1, 50, (2, 6))
+    torch.testing.assert_close(pre(ids).last_hidden_state.mean(-1), torch.zeros(2, 6), atol=1e-5, rtol=0)
+    # the padding guarantee holds for pre-LN too
+    short = pre(ids[:1, :4], torch.ones(1, 4)).last_hidden_state
+    long = pre(ids[:1], torch.tensor([[1, 1, 1, 1, 0, 0]])).last_hidden_state
+    torch.testing.assert_close(long[:, :4], short, atol=1e-5, rtol=1e-5)
+
+
 def test_mask_tokens_proportions():
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(10, 1000, (64, 128))

@@ -1,6 +1,7 @@
 """Tests of course_utils.pretraining and course_utils.zh_mlm (tiny recipes, synthetic data)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -216,3 +217,53 @@ def test_load_or_pretrain_zh_bert_trains_once(zh_tok, monkeypatch: pytest.Monkey
         assert torch.equal(p, q)
     assert tok2("北京")["input_ids"] == zh_tok("北京")["input_ids"]
     assert len(fill_mask(again, tok2, "北[MASK]", k=5)[0]) == 5
+
+
+def test_a_model_from_an_older_recipe_is_retrained(zh_tok, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    ids = lines_to_ids(zh_tok, ZH_TEXTS)
+    recipe = Recipe(
+        model=dict(n_layer=1, n_head=2, n_embd=16, intermediate_size=32, max_position_embeddings=16, dropout=0.0,
+                   pre_ln=True),
+        train=dict(max_steps=4, lr=1e-2, warmup_steps=1, batch_size=4, eval_interval=2, eval_iters=1),
+        extra=dict(seq_len=16, min_freq=1, max_lines=None, mlm_prob=0.4))
+    monkeypatch.setitem(pretraining.ZH_BERT_RECIPES, "ci", recipe)
+    monkeypatch.setattr(pretraining, "zh_tokenizer_for", lambda profile=None: zh_tok)
+    monkeypatch.setattr(pretraining, "zh_corpus_ids", lambda tok, max_lines=None: (ids, ids))
+    first, _ = pretraining.load_or_pretrain_zh_bert("ci", progress=False)
+    folder = pretraining.model_dir(pretraining.ZH_BERT_NAME, "ci")
+    assert first.config.pre_ln and pretraining.is_current(folder, recipe)
+    capsys.readouterr()
+    # the course changes the recipe: the cached copy no longer counts and is trained again
+    newer = Recipe(model={**recipe.model, "pre_ln": False}, train=recipe.train, extra=recipe.extra)
+    monkeypatch.setitem(pretraining.ZH_BERT_RECIPES, "ci", newer)
+    assert pretraining.is_complete(folder) and not pretraining.is_current(folder, newer)
+    second, _ = pretraining.load_or_pretrain_zh_bert("ci", progress=False)
+    assert "older recipe" in capsys.readouterr().out
+    assert not second.config.pre_ln and pretraining.is_current(folder, newer)
+
+
+def test_mlm_loss_is_the_full_loss(zh_tok) -> None:
+    from course_utils.models.bert import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(zh_tok), n_layer=1, n_head=2, n_embd=16,
+                                       max_position_embeddings=16, dropout=0.0, pre_ln=True))
+    sampler = MLMBlockSampler(lines_to_ids(zh_tok, ZH_TEXTS), zh_tok, 16, 4, seed=0, mlm_prob=0.4)
+    batch = sampler.next_batch()
+    share = (batch["labels"] != -100).float().mean().item()
+    assert 0.2 < share < 0.5      # ~40 % of the non-special positions
+    torch.testing.assert_close(pretraining.mlm_loss(model, batch), model(**batch).loss, atol=1e-6, rtol=1e-6)
+
+
+def test_unigram_loss_by_hand(zh_tok) -> None:
+    from course_utils.zh_mlm import unigram_loss
+
+    a, b, sep = zh_tok.convert_tokens_to_ids(["北", "京"]) + [zh_tok.sep_token_id]
+    train = torch.tensor([a, a, a, sep, b])          # [SEP] is never predicted: left out
+    val = torch.tensor([a, b, sep])
+    V = len(zh_tok) - len(ZH_SPECIALS)                # add-one over the non-special vocabulary
+    p_a, p_b = 4 / (4 + V), 2 / (4 + V)
+    expected = -(math.log(p_a) + math.log(p_b)) / 2
+    assert unigram_loss(train, val, zh_tok) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="besides special"):
+        unigram_loss(torch.tensor([sep]), val, zh_tok)

@@ -1,7 +1,9 @@
 """A BERT encoder with masked-LM, sequence- and token-classification heads.
 
-Post-LN, as the original BERT (and MiniLM, and transformers' ``BertModel``): each sub-layer is
-``LayerNorm(x + Sublayer(x))``. Embeddings are token + learned position + segment (token type),
+Post-LN by default, as the original BERT (and MiniLM, and transformers' ``BertModel``): each
+sub-layer is ``LayerNorm(x + Sublayer(x))``. ``BertConfig(pre_ln=True)`` gives the pre-LN variant
+``x + Sublayer(LayerNorm(x))`` with a final LayerNorm, which trains without a long warm-up
+plateau at small scale (the course's Chinese BERT uses it). Embeddings are token + learned position + segment (token type),
 then LayerNorm. Padding is handled by ``attention_mask`` [B, T] (1 = real token, 0 = padding):
 padded keys get no attention, so real tokens' outputs do not depend on the padding.
 
@@ -45,6 +47,8 @@ class BertConfig:
     pad_token_id: int = 0
     num_labels: int = 2                     # classification heads
     use_crf: bool = False                   # token classification: CRF on top of the linear head
+    pre_ln: bool = False                    # LayerNorm before each sub-layer (+ a final one)
+    pooling: str = "cls"                    # pooler input: "cls" ([CLS] vector, as BERT) or "mean" (real tokens)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_position_embeddings", "type_vocab_size", "n_layer", "n_head", "n_embd", "num_labels"):
@@ -55,6 +59,8 @@ class BertConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.n_embd
 
@@ -94,10 +100,12 @@ class BertSelfAttention(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """Post-LN encoder layer: x = LN(x + Attn(x)); x = LN(x + FFN(x)) with a GELU (erf) FFN."""
+    """Encoder layer with a GELU (erf) FFN. Post-LN: x = LN(x + Attn(x)); x = LN(x + FFN(x)).
+    Pre-LN (``cfg.pre_ln``): x = x + Attn(LN(x)); x = x + FFN(LN(x))."""
 
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
+        self.pre_ln = cfg.pre_ln
         self.attn = BertSelfAttention(cfg)
         self.ln_attn = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
         self.ffn_in = nn.Linear(cfg.n_embd, cfg.intermediate_size)
@@ -106,6 +114,10 @@ class BertLayer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, output_attentions: bool = False):
+        if self.pre_ln:
+            a, w = self.attn(self.ln_attn(x), key_mask, output_attentions)
+            x = x + self.drop(a)
+            return x + self.drop(self.ffn_out(F.gelu(self.ffn_in(self.ln_ffn(x))))), w
         a, w = self.attn(x, key_mask, output_attentions)
         x = self.ln_attn(x + self.drop(a))
         x = self.ln_ffn(x + self.drop(self.ffn_out(F.gelu(self.ffn_in(x)))))
@@ -114,7 +126,8 @@ class BertLayer(nn.Module):
 
 @dataclass
 class BertOutput:
-    """``last_hidden_state`` [B, T, C]; ``pooler_output`` [B, C] (tanh(W·h_[CLS])); ``attentions``
+    """``last_hidden_state`` [B, T, C]; ``pooler_output`` [B, C] (tanh(W·h_[CLS]), or of the mean
+    of the real tokens' vectors with ``pooling="mean"``); ``attentions``
     (one [B, H, T, T] per layer) when asked; heads fill ``loss`` and ``logits``."""
 
     last_hidden_state: torch.Tensor | None = None
@@ -175,7 +188,7 @@ class _BertBase(nn.Module):
 
 
 class BertModel(_BertBase):
-    """The encoder: embeddings -> ``n_layer`` post-LN layers -> (pooler). Defined in chapter 4, The Transformer."""
+    """The encoder: embeddings -> ``n_layer`` layers (-> final LayerNorm if pre-LN) -> (pooler). Defined in chapter 4, The Transformer."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -188,6 +201,7 @@ class BertModel(_BertBase):
         self.ln_emb = nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps)
         self.drop = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList([BertLayer(c) for _ in range(c.n_layer)])
+        self.ln_final = nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps) if c.pre_ln else None
         self.pooler = nn.Linear(c.n_embd, c.n_embd)
         self.apply(self._init_weights)
 
@@ -218,7 +232,15 @@ class BertModel(_BertBase):
         for layer in self.layers:
             x, w = layer(x, key_mask, output_attentions)
             attentions.append(w)
-        pooled = torch.tanh(self.pooler(x[:, 0]))
+        if self.ln_final is not None:
+            x = self.ln_final(x)
+        if c.pooling == "mean":   # average of the real tokens' vectors
+            w = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            w = w.to(x.dtype)[..., None]                                                      # [B, T, 1]
+            summary = (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+        else:                     # the [CLS] position's vector
+            summary = x[:, 0]
+        pooled = torch.tanh(self.pooler(summary))
         return BertOutput(last_hidden_state=x, pooler_output=pooled,
                           attentions=tuple(attentions) if output_attentions else None)
 
@@ -242,10 +264,24 @@ class BertForMaskedLM(_BertBase):
         self.decoder.weight = self.bert.word_embeddings.weight   # weight tying
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                output_attentions: bool = False) -> BertOutput:
-        """-> ``logits`` [B, T, V] and ``loss`` (cross-entropy on the labelled positions)."""
+                output_attentions: bool = False, labelled_only: bool = False) -> BertOutput:
+        """-> ``logits`` [B, T, V] and ``loss`` (cross-entropy on the labelled positions).
+
+        ``labelled_only=True`` (needs ``labels``) runs the head on the labelled positions only:
+        ``logits`` is then [N, V] for the N positions where ``labels != -100`` (row-major order)
+        and the loss is the same number for a fraction of the cost -- with 15 % masking and a
+        large vocabulary the head is a big share of the compute, so pretraining uses this.
+        """
         out = self.bert(input_ids, attention_mask, token_type_ids, output_attentions)
-        logits = self.decoder(self.ln_head(F.gelu(self.transform(out.last_hidden_state))))
+        h = out.last_hidden_state
+        if labelled_only:
+            if labels is None:
+                raise ValueError("labelled_only=True needs labels (-100 where nothing is predicted)")
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+            keep = labels != IGNORE_INDEX
+            h, labels = h[keep], labels[keep]                     # [N, C], [N]
+        logits = self.decoder(self.ln_head(F.gelu(self.transform(h))))
         if labels is not None:
             out.loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX)
         out.logits = logits
