@@ -166,3 +166,19 @@ def test_bad_inputs():
         cfg(n_embd=30, n_head=4)
     with pytest.raises(ValueError, match="mlm_prob"):
         mask_tokens(torch.ones(1, 3, dtype=torch.long), 1, 5, mlm_prob=0)
+
+
+def test_mean_pooling_ignores_padding():
+    torch.manual_seed(0)
+    m = BertModel(cfg(pooling="mean", pre_ln=True)).eval()
+    ids = torch.randint(5, 50, (1, 5))
+    short = m(ids, torch.ones(1, 5))
+    padded = m(torch.cat([ids, torch.randint(5, 50, (1, 3))], 1), torch.tensor([[1] * 5 + [0] * 3]))
+    torch.testing.assert_close(padded.pooler_output, short.pooler_output, atol=1e-5, rtol=1e-5)
+    expected = torch.tanh(m.pooler(short.last_hidden_state.mean(1)))
+    torch.testing.assert_close(short.pooler_output, expected, atol=1e-6, rtol=1e-6)
+    cls_model = BertModel(cfg())
+    cls_model.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("ln_final")})
+    assert not torch.allclose(cls_model.eval()(ids).pooler_output, short.pooler_output)
+    with pytest.raises(ValueError, match="pooling"):
+        cfg(pooling="max")

@@ -1,11 +1,10 @@
 """A BERT encoder with masked-LM, sequence- and token-classification heads.
 
 Post-LN by default, as the original BERT (and MiniLM, and transformers' ``BertModel``): each
-sub-layer is ``LayerNorm(x + Sublayer(x))``. ``BertConfig(pre_ln=True)`` gives the pre-LN variant
-``x + Sublayer(LayerNorm(x))`` with a final LayerNorm, which trains without a long warm-up
-plateau at small scale (the course's Chinese BERT uses it). Embeddings are token + learned position + segment (token type),
-then LayerNorm. Padding is handled by ``attention_mask`` [B, T] (1 = real token, 0 = padding):
-padded keys get no attention, so real tokens' outputs do not depend on the padding.
+sub-layer is ``LayerNorm(x + Sublayer(x))``; ``pre_ln=True`` gives ``x + Sublayer(LayerNorm(x))``
+and a final LayerNorm, which leaves the masked-LM plateau far sooner at small scale (the course's
+Chinese BERT uses it). Embeddings: token + learned position + segment, then LayerNorm. Padding:
+``attention_mask`` [B, T] (1 = real, 0 = pad); padded keys get no attention.
 
 Heads (each holds the encoder as ``.bert``, so a head loads an MLM checkpoint's encoder and
 starts its own layer fresh): :class:`BertForMaskedLM` (decoder tied to the word embeddings),
@@ -100,8 +99,7 @@ class BertSelfAttention(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """Encoder layer with a GELU (erf) FFN. Post-LN: x = LN(x + Attn(x)); x = LN(x + FFN(x)).
-    Pre-LN (``cfg.pre_ln``): x = x + Attn(LN(x)); x = x + FFN(LN(x))."""
+    """GELU (erf) FFN. Post-LN: x = LN(x + Attn(x)); x = LN(x + FFN(x)). Pre-LN: x + Attn(LN(x)) ..."""
 
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
@@ -232,12 +230,10 @@ class BertModel(_BertBase):
         for layer in self.layers:
             x, w = layer(x, key_mask, output_attentions)
             attentions.append(w)
-        if self.ln_final is not None:
-            x = self.ln_final(x)
+        x = self.ln_final(x) if self.ln_final is not None else x
         if c.pooling == "mean":   # average of the real tokens' vectors
-            w = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-            w = w.to(x.dtype)[..., None]                                                      # [B, T, 1]
-            summary = (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+            w = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).to(x.dtype)[..., None]
+            summary = (x * w).sum(1) / w.sum(1).clamp(min=1.0)                               # [B, C]
         else:                     # the [CLS] position's vector
             summary = x[:, 0]
         pooled = torch.tanh(self.pooler(summary))
@@ -267,18 +263,14 @@ class BertForMaskedLM(_BertBase):
                 output_attentions: bool = False, labelled_only: bool = False) -> BertOutput:
         """-> ``logits`` [B, T, V] and ``loss`` (cross-entropy on the labelled positions).
 
-        ``labelled_only=True`` (needs ``labels``) runs the head on the labelled positions only:
-        ``logits`` is then [N, V] for the N positions where ``labels != -100`` (row-major order)
-        and the loss is the same number for a fraction of the cost -- with 15 % masking and a
-        large vocabulary the head is a big share of the compute, so pretraining uses this.
+        ``labelled_only=True`` runs the head on the N positions where ``labels != -100`` only
+        (``logits`` [N, V], row-major order): the same loss for a fraction of the head's cost.
         """
         out = self.bert(input_ids, attention_mask, token_type_ids, output_attentions)
         h = out.last_hidden_state
         if labelled_only:
-            if labels is None:
-                raise ValueError("labelled_only=True needs labels (-100 where nothing is predicted)")
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+            if labels is None or labels.shape != input_ids.shape:
+                raise ValueError("labelled_only=True needs labels of input_ids' shape (-100 where nothing is predicted)")
             keep = labels != IGNORE_INDEX
             h, labels = h[keep], labels[keep]                     # [N, C], [N]
         logits = self.decoder(self.ln_head(F.gelu(self.transform(h))))
