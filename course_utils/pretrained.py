@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import torch
 
 from . import assets
+from .models.bert import mean_pool  # noqa: F401  (sentence embeddings: the mean of the token vectors)
 
 MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
 SMOLLM2_HUB = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -115,15 +116,6 @@ def load_smollm2(source: str = "local", name: str = SMOLLM2_HUB, **kwargs: Any):
     tokenizer = AutoTokenizer.from_pretrained(where)
     model = AutoModelForCausalLM.from_pretrained(where, **kwargs).eval()
     return model, tokenizer
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Average of ``hidden`` [B, T, D] over positions where ``attention_mask`` [B, T] is 1 → [B, D]."""
-    if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
-        raise ValueError(f"expected hidden [B,T,D] and mask [B,T], got {tuple(hidden.shape)} and "
-                         f"{tuple(attention_mask.shape)}")
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
 @torch.no_grad()

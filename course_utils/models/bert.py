@@ -6,12 +6,10 @@ and a final LayerNorm, which leaves the masked-LM plateau far sooner at small sc
 Chinese BERT uses it). Embeddings: token + learned position + segment, then LayerNorm. Padding:
 ``attention_mask`` [B, T] (1 = real, 0 = pad); padded keys get no attention.
 
-Heads (each holds the encoder as ``.bert``, so a head loads an MLM checkpoint's encoder and
-starts its own layer fresh): :class:`BertForMaskedLM` (decoder tied to the word embeddings),
-:class:`BertForSequenceClassification` (pooled [CLS]), :class:`BertForTokenClassification`
-(linear head, optional CRF via ``pytorch-crf``). :func:`mask_tokens` makes MLM inputs (80/10/10).
-
-Defined in chapter 4, The Transformer.
+Heads hold the encoder as ``.bert`` (so a head loads an MLM checkpoint's encoder, its own layer
+fresh): :class:`BertForMaskedLM` (tied decoder), :class:`BertForSequenceClassification` (pooled
+[CLS] or mean), :class:`BertForTokenClassification` (linear, optional CRF via ``pytorch-crf``).
+:func:`mask_tokens` makes MLM inputs (80/10/10). Defined in chapter 4, The Transformer.
 """
 from __future__ import annotations
 
@@ -103,8 +101,7 @@ class BertLayer(nn.Module):
 
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
-        self.pre_ln = cfg.pre_ln
-        self.attn = BertSelfAttention(cfg)
+        self.pre_ln, self.attn = cfg.pre_ln, BertSelfAttention(cfg)
         self.ln_attn = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
         self.ffn_in = nn.Linear(cfg.n_embd, cfg.intermediate_size)
         self.ffn_out = nn.Linear(cfg.intermediate_size, cfg.n_embd)
@@ -124,9 +121,9 @@ class BertLayer(nn.Module):
 
 @dataclass
 class BertOutput:
-    """``last_hidden_state`` [B, T, C]; ``pooler_output`` [B, C] (tanh(W·h_[CLS]), or of the mean
-    of the real tokens' vectors with ``pooling="mean"``); ``attentions``
-    (one [B, H, T, T] per layer) when asked; heads fill ``loss`` and ``logits``."""
+    """``last_hidden_state`` [B, T, C]; ``pooler_output`` [B, C] (tanh(W·h) of h_[CLS] or, with
+    ``pooling="mean"``, of :func:`mean_pool`); ``attentions`` (one [B, H, T, T] per layer) when
+    asked; heads fill ``loss`` and ``logits``."""
 
     last_hidden_state: torch.Tensor | None = None
     pooler_output: torch.Tensor | None = None
@@ -231,22 +228,25 @@ class BertModel(_BertBase):
             x, w = layer(x, key_mask, output_attentions)
             attentions.append(w)
         x = self.ln_final(x) if self.ln_final is not None else x
-        if c.pooling == "mean":   # average of the real tokens' vectors
-            w = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).to(x.dtype)[..., None]
-            summary = (x * w).sum(1) / w.sum(1).clamp(min=1.0)                               # [B, C]
-        else:                     # the [CLS] position's vector
-            summary = x[:, 0]
-        pooled = torch.tanh(self.pooler(summary))
+        real = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        pooled = torch.tanh(self.pooler(mean_pool(x, real) if c.pooling == "mean" else x[:, 0]))
         return BertOutput(last_hidden_state=x, pooler_output=pooled,
                           attentions=tuple(attentions) if output_attentions else None)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of ``hidden`` [B, T, D] over positions where ``attention_mask`` [B, T] is 1 -> [B, D]."""
+    if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
+        raise ValueError(f"expected hidden [B,T,D] and mask [B,T], got {tuple(hidden.shape)} and {tuple(attention_mask.shape)}")
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
 class BertForMaskedLM(_BertBase):
     """Encoder + MLM head (dense, GELU, LayerNorm, decoder tied to the word embeddings).
 
     ``labels`` [B, T]: the original id at masked positions, -100 elsewhere (see :func:`mask_tokens`).
-    Defined in chapter 4, The Transformer.
-    """
+    Defined in chapter 4, The Transformer."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -396,5 +396,5 @@ def mask_tokens(input_ids: torch.Tensor, mask_token_id: int, vocab_size: int, sp
     return inputs, labels
 
 
-__all__ = ["BertConfig", "BertModel", "BertOutput", "BertForMaskedLM", "BertForSequenceClassification",
+__all__ = ["BertConfig", "BertModel", "mean_pool", "BertOutput", "BertForMaskedLM", "BertForSequenceClassification",
            "BertForTokenClassification", "mask_tokens"]
