@@ -183,7 +183,7 @@ class _BertBase(nn.Module):
 
 
 class BertModel(_BertBase):
-    """The encoder: embeddings -> ``n_layer`` layers (-> final LayerNorm if pre-LN) -> (pooler). Defined in chapter 4, The Transformer."""
+    """Embeddings -> ``n_layer`` layers (-> LayerNorm if pre-LN) -> (pooler). Defined in chapter 4."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -228,9 +228,9 @@ class BertModel(_BertBase):
             x, w = layer(x, key_mask, output_attentions)
             attentions.append(w)
         x = self.ln_final(x) if self.ln_final is not None else x
-        real = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        pooled = torch.tanh(self.pooler(mean_pool(x, real) if c.pooling == "mean" else x[:, 0]))
-        return BertOutput(last_hidden_state=x, pooler_output=pooled,
+        summary = (mean_pool(x, torch.ones_like(input_ids) if attention_mask is None else attention_mask)
+                   if c.pooling == "mean" else x[:, 0])   # the real tokens' mean, or the [CLS] vector
+        return BertOutput(last_hidden_state=x, pooler_output=torch.tanh(self.pooler(summary)),
                           attentions=tuple(attentions) if output_attentions else None)
 
 
@@ -238,7 +238,7 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     """Average of ``hidden`` [B, T, D] over positions where ``attention_mask`` [B, T] is 1 -> [B, D]."""
     if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
         raise ValueError(f"expected hidden [B,T,D] and mask [B,T], got {tuple(hidden.shape)} and {tuple(attention_mask.shape)}")
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)                              # [B, T, 1]
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
