@@ -182,3 +182,44 @@ def test_mean_pooling_ignores_padding():
     assert not torch.allclose(cls_model.eval()(ids).pooler_output, short.pooler_output)
     with pytest.raises(ValueError, match="pooling"):
         cfg(pooling="max")
+
+
+def _offset_logratios(att: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For attention rows m and m+1: log w[m, n] - log w[m, n+1] and the same one row and one key later.
+    Equal when the scores depend on the offset n - m only (a Toeplitz score matrix)."""
+    lw = att[0, 0].log()                                    # [T, T], layer-0 head-0 weights
+    return (lw[:-1, :-2] - lw[:-1, 1:-1]), (lw[1:, 1:-1] - lw[1:, 2:])
+
+
+def test_rope_attention_sees_offsets_only():
+    torch.manual_seed(0)
+    same_token = torch.full((1, 9), 7)                     # identical inputs: only positions tell them apart
+    rope = BertModel(cfg(position_embedding_type="rope", pre_ln=True)).eval()
+    assert rope.position_embeddings is None and not any("position" in k for k in rope.state_dict())
+    a, b = _offset_logratios(rope(same_token, output_attentions=True).attentions[0])
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # learned absolute positions break the pattern (so the check above can fail)
+    absolute = BertModel(cfg(pre_ln=True)).eval()
+    a, b = _offset_logratios(absolute(same_token, output_attentions=True).attentions[0])
+    assert (a - b).abs().max() > 1e-3
+    # the fast path (SDPA) rotates the same way as the written-out one
+    torch.testing.assert_close(rope(same_token).last_hidden_state,
+                               rope(same_token, output_attentions=True).last_hidden_state, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_padding_save_load_and_config_errors(tmp_path):
+    torch.manual_seed(0)
+    m = BertForMaskedLM(cfg(position_embedding_type="rope", pre_ln=True)).eval()
+    ids = torch.randint(5, 50, (1, 5))
+    short = m(ids, torch.ones(1, 5)).logits
+    padded = m(torch.cat([ids, torch.randint(5, 50, (1, 3))], 1), torch.tensor([[1] * 5 + [0] * 3])).logits
+    torch.testing.assert_close(padded[:, :5], short, atol=1e-5, rtol=1e-5)
+    m.save_pretrained(tmp_path / "rope")
+    again = BertForMaskedLM.from_pretrained(tmp_path / "rope")
+    assert again.config.position_embedding_type == "rope"
+    assert again.loading_info == {"missing_keys": [], "unexpected_keys": []}
+    torch.testing.assert_close(again.eval()(ids).logits, m(ids).logits)
+    with pytest.raises(ValueError, match="position_embedding_type"):
+        cfg(position_embedding_type="alibi")
+    with pytest.raises(ValueError, match="even head size"):
+        cfg(position_embedding_type="rope", n_embd=30, n_head=2)   # head size 15

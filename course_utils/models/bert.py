@@ -2,14 +2,13 @@
 
 Post-LN by default, as the original BERT (and MiniLM, and transformers' ``BertModel``): each
 sub-layer is ``LayerNorm(x + Sublayer(x))``; ``pre_ln=True`` gives ``x + Sublayer(LayerNorm(x))``
-and a final LayerNorm, which leaves the masked-LM plateau far sooner at small scale (the course's
-Chinese BERT uses it). Embeddings: token + learned position + segment, then LayerNorm. Padding:
-``attention_mask`` [B, T] (1 = real, 0 = pad); padded keys get no attention.
+and a final LayerNorm. Positions: learned (``"absolute"``, as BERT) or ``"rope"`` (chapter 3's
+rotary embedding of q and k: attention sees offsets), which the course's Chinese BERT uses with
+pre-LN. Embeddings: token (+ position) + segment, then LayerNorm. ``attention_mask`` [B, T] (1 = real).
 
-Heads hold the encoder as ``.bert`` (so a head loads an MLM checkpoint's encoder, its own layer
-fresh): :class:`BertForMaskedLM` (tied decoder), :class:`BertForSequenceClassification` (pooled
-[CLS] or mean), :class:`BertForTokenClassification` (linear, optional CRF via ``pytorch-crf``).
-:func:`mask_tokens` makes MLM inputs (80/10/10). Defined in chapter 4, The Transformer.
+Heads hold the encoder as ``.bert`` (a head loads an MLM checkpoint's encoder): :class:`BertForMaskedLM`
+(tied decoder), :class:`BertForSequenceClassification` ([CLS] or mean), :class:`BertForTokenClassification`
+(linear, optional CRF); :func:`mask_tokens` makes MLM inputs (80/10/10). Defined in chapter 4.
 """
 from __future__ import annotations
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..attention import apply_rope, rope_cos_sin
 from .io import load_checkpoint, save_checkpoint
 
 IGNORE_INDEX = -100
@@ -46,6 +46,7 @@ class BertConfig:
     use_crf: bool = False                   # token classification: CRF on top of the linear head
     pre_ln: bool = False                    # LayerNorm before each sub-layer (+ a final one)
     pooling: str = "cls"                    # pooler input: "cls" ([CLS] vector, as BERT) or "mean" (real tokens)
+    position_embedding_type: str = "absolute"  # "absolute" (learned, as BERT) or "rope" (rotary)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_position_embeddings", "type_vocab_size", "n_layer", "n_head", "n_embd", "num_labels"):
@@ -58,16 +59,17 @@ class BertConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
-        if self.intermediate_size is None:
-            self.intermediate_size = 4 * self.n_embd
+        if self.position_embedding_type not in ("absolute", "rope") or (self.position_embedding_type == "rope" and self.n_embd // self.n_head % 2):
+            raise ValueError(f"position_embedding_type must be 'absolute' or 'rope' (rope needs an even head size), "
+                             f"got {self.position_embedding_type!r} with head size {self.n_embd // self.n_head}")
+        self.intermediate_size = self.intermediate_size or 4 * self.n_embd   # None: 4 * n_embd
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BertConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
 
 
 class BertSelfAttention(nn.Module):
@@ -78,11 +80,16 @@ class BertSelfAttention(nn.Module):
         self.n_head, self.head_dim, self.p = cfg.n_head, cfg.n_embd // cfg.n_head, cfg.dropout
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.out = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.rope = cfg.position_embedding_type == "rope"
+        for name, table in zip(("cos", "sin"), rope_cos_sin(cfg.max_position_embeddings, self.head_dim) if self.rope else ()):
+            self.register_buffer(name, table, persistent=False)   # [max_positions, head_dim], not saved
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, output_attentions: bool = False):
         """``key_mask`` [B, 1, 1, T] bool (True = may attend) -> (y [B, T, C], weights [B, H, T, T] or None)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.rope:   # rotate q and k by their positions: scores then depend on offsets only
+            q, k = apply_rope(q, self.cos[:T], self.sin[:T]), apply_rope(k, self.cos[:T], self.sin[:T])
         p = self.p if self.training else 0.0
         weights = None
         if output_attentions:
@@ -162,17 +169,12 @@ class _BertBase(nn.Module):
         """
         cfg_dict, state = load_checkpoint(directory, "course-bert", map_location)
         model = cls(BertConfig.from_dict({**cfg_dict, **config_overrides}))
-        wants_prefix = not isinstance(model, BertModel)
-        saved_by_encoder = not any(k.startswith("bert.") for k in state)
-        if wants_prefix and saved_by_encoder:
-            fixed = {"bert." + k: v for k, v in state.items()}
-        elif not wants_prefix and not saved_by_encoder:
-            fixed = {(k[5:] if k.startswith("bert.") else k): v for k, v in state.items()}
-        else:
-            fixed = dict(state)
+        wants_prefix, saved_by_encoder = not isinstance(model, BertModel), not any(k.startswith("bert.") for k in state)
+        if wants_prefix == saved_by_encoder:   # add the prefix (head from encoder) or strip it (encoder from head)
+            state = {("bert." + k if wants_prefix else k.removeprefix("bert.")): v for k, v in state.items()}
         own = model.state_dict()
-        shape_bad = [k for k, v in fixed.items() if k in own and own[k].shape != v.shape]
-        fixed = {k: v for k, v in fixed.items() if k not in shape_bad}
+        shape_bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+        fixed = {k: v for k, v in state.items() if k not in shape_bad}
         missing, unexpected = model.load_state_dict(fixed, strict=False)
         missing = [k for k in missing if not k.endswith("decoder.weight")]
         model.loading_info = {"missing_keys": missing + shape_bad, "unexpected_keys": list(unexpected)}
@@ -191,7 +193,8 @@ class BertModel(_BertBase):
             raise TypeError(f"BertModel expects a BertConfig, got {type(config).__name__}")
         self.config = c = config
         self.word_embeddings = nn.Embedding(c.vocab_size, c.n_embd, padding_idx=c.pad_token_id)
-        self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.n_embd)
+        rope = c.position_embedding_type == "rope"   # rope: positions enter in attention, no table here
+        self.position_embeddings = None if rope else nn.Embedding(c.max_position_embeddings, c.n_embd)
         self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.n_embd)
         self.ln_emb = nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps)
         self.drop = nn.Dropout(c.dropout)
@@ -217,10 +220,10 @@ class BertModel(_BertBase):
         for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if t is not None and tuple(t.shape) != (B, T):
                 raise ValueError(f"{name} must have the shape of input_ids {(B, T)}, got {tuple(t.shape)}")
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        pos = torch.arange(T, device=input_ids.device)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(pos) + self.token_type_embeddings(token_type_ids)
+        segments = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(segments)
+        if self.position_embeddings is not None:
+            x = x + self.position_embeddings(torch.arange(T, device=input_ids.device))
         x = self.drop(self.ln_emb(x))
         key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]   # [B, 1, 1, T]
         attentions = []
@@ -382,13 +385,10 @@ def mask_tokens(input_ids: torch.Tensor, mask_token_id: int, vocab_size: int, sp
         raise ValueError(f"mask_token_id {mask_token_id} outside [0, {vocab_size})")
     dev = input_ids.device
     rand = lambda: torch.rand(input_ids.shape, generator=generator, device=dev)  # noqa: E731
-    special = torch.zeros_like(input_ids, dtype=torch.bool)
-    for s in special_ids:
-        special |= input_ids == s
+    special = torch.isin(input_ids, torch.tensor(list(special_ids), dtype=input_ids.dtype, device=dev))
     picked = (rand() < mlm_prob) & ~special
     labels = torch.where(picked, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-    inputs = input_ids.clone()
-    r = rand()
+    inputs, r = input_ids.clone(), rand()
     inputs[picked & (r < 0.8)] = mask_token_id
     random_pos = picked & (r >= 0.8) & (r < 0.9)
     inputs[random_pos] = torch.randint(vocab_size, input_ids.shape, generator=generator, device=dev,
