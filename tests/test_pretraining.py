@@ -267,3 +267,23 @@ def test_unigram_loss_by_hand(zh_tok) -> None:
     assert unigram_loss(train, val, zh_tok) == pytest.approx(expected, rel=1e-9)
     with pytest.raises(ValueError, match="besides special"):
         unigram_loss(torch.tensor([sep]), val, zh_tok)
+
+
+def test_adapt_zh_bert_learns_the_new_text_on_a_copy(zh_tok) -> None:
+    from course_utils.models.bert import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    base = BertForMaskedLM(BertConfig(vocab_size=len(zh_tok), pad_token_id=zh_tok.pad_token_id, n_layer=1, n_head=2,
+                                      n_embd=32, intermediate_size=64, max_position_embeddings=16, dropout=0.0,
+                                      pre_ln=True, position_embedding_type="rope"))
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    texts = ["今天天气很好，我们去公园。", "北京是中国的首都。"] * 30
+    adapted, hist = pretraining.adapt_zh_bert(base, zh_tok, texts, texts[:30], steps=60, lr=5e-3, batch_size=8,
+                                              progress=False)
+    assert adapted is not base and all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())
+    assert adapted.bert.layers[0].attn.rope and len(hist["val_loss"]) >= 2
+    assert hist["val_loss"][-1] < hist["val_loss"][0] - 0.5          # two sentences repeated: easy to learn
+    with pytest.raises(ValueError, match="non-empty"):
+        pretraining.adapt_zh_bert(base, zh_tok, [], texts, steps=2)
+    with pytest.raises(ValueError, match="steps"):
+        pretraining.adapt_zh_bert(base, zh_tok, texts, texts, steps=0)
