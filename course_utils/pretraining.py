@@ -265,6 +265,17 @@ def mlm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     return model(**batch, labelled_only=True).loss
 
 
+def fit_mlm(model: torch.nn.Module, cfg: TrainConfig, tokenizer: Any, train_ids: torch.Tensor, val_ids: torch.Tensor,
+            seq_len: int, mlm_prob: float = MLM_PROB) -> tuple[Any, dict[str, list[float]]]:
+    """Masked-LM training of ``model`` on 1-D id streams (validation masks the standard 15 %);
+    returns ``(trained model on CPU in eval mode, history)``. Shared by chapters 5 and 7."""
+    trainer = Trainer(model, cfg,
+                      MLMBlockSampler(train_ids, tokenizer, seq_len, cfg.batch_size, seed=cfg.seed, mlm_prob=mlm_prob),
+                      MLMBlockSampler(val_ids, tokenizer, seq_len, cfg.batch_size, seed=cfg.seed + 1), loss_fn=mlm_loss)
+    history = trainer.fit()
+    return trainer.unwrapped_model.cpu().eval(), history
+
+
 def pretrain_zh_bert(profile: str | None = None, *, tokenizer: Any | None = None, progress: bool = True,
                      callback: Callable[[TrainEvent], None] | None = None,
                      checkpoint_dir: str | Path | None = None, device: str | None = None,
@@ -289,12 +300,8 @@ def pretrain_zh_bert(profile: str | None = None, *, tokenizer: Any | None = None
     train_ids, val_ids = zh_corpus_ids(tok, max_lines=ex["max_lines"])
     torch.manual_seed(cfg.seed)
     model = BertForMaskedLM(BertConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **recipe.model))
-    L = recipe.extra["seq_len"]
-    trainer = Trainer(model, cfg,
-                      MLMBlockSampler(train_ids, tok, L, cfg.batch_size, seed=cfg.seed, mlm_prob=ex.get("mlm_prob", MLM_PROB)),
-                      MLMBlockSampler(val_ids, tok, L, cfg.batch_size, seed=cfg.seed + 1), loss_fn=mlm_loss)
-    history = trainer.fit()
-    return trainer.unwrapped_model.cpu().eval(), tok, history
+    model, history = fit_mlm(model, cfg, tok, train_ids, val_ids, ex["seq_len"], ex.get("mlm_prob", MLM_PROB))
+    return model, tok, history
 
 
 def adapt_zh_bert(model: Any, tokenizer: Any, texts: list[str], val_texts: list[str], *, steps: int,
@@ -318,13 +325,9 @@ def adapt_zh_bert(model: Any, tokenizer: Any, texts: list[str], val_texts: list[
                       eval_interval=max(1, steps // 4), eval_iters=4, weight_decay=0.01, grad_clip=1.0,
                       progress=progress, log=callback, device=device, seed=seed)
     ids, val_ids = lines_to_ids(tokenizer, list(texts)), lines_to_ids(tokenizer, list(val_texts))
-    seq_len = seq_len or model.config.max_position_embeddings
     torch.manual_seed(seed)
-    trainer = Trainer(copy.deepcopy(model).train(), cfg,
-                      MLMBlockSampler(ids, tokenizer, seq_len, batch_size, seed=seed, mlm_prob=mlm_prob),
-                      MLMBlockSampler(val_ids, tokenizer, seq_len, batch_size, seed=seed + 1), loss_fn=mlm_loss)
-    history = trainer.fit()
-    return trainer.unwrapped_model.cpu().eval(), history
+    return fit_mlm(copy.deepcopy(model).train(), cfg, tokenizer, ids, val_ids,
+                   seq_len or model.config.max_position_embeddings, mlm_prob)
 
 
 def save_zh_bert(model: Any, tokenizer: Any, profile: str | None = None, meta: dict[str, Any] | None = None,
@@ -357,5 +360,5 @@ def load_or_pretrain_zh_bert(profile: str | None = None, progress: bool = True) 
 __all__ = [
     "CharTokenizer", "Recipe", "CHAR_GPT_RECIPES", "ZH_BERT_RECIPES", "CHAR_GPT_NAME", "ZH_BERT_NAME", "models_dir", "model_dir",
     "char_gpt_data", "pretrain_char_gpt", "save_char_gpt", "load_or_pretrain_char_gpt",
-    "zh_tokenizer_for", "mlm_loss", "pretrain_zh_bert", "adapt_zh_bert", "recipe_record", "is_current", "save_zh_bert", "load_or_pretrain_zh_bert", "shakespeare_row_text",
+    "zh_tokenizer_for", "mlm_loss", "fit_mlm", "pretrain_zh_bert", "adapt_zh_bert", "recipe_record", "is_current", "save_zh_bert", "load_or_pretrain_zh_bert", "shakespeare_row_text",
 ]

@@ -62,7 +62,7 @@ class BertConfig:
         if self.position_embedding_type not in ("absolute", "rope") or (self.position_embedding_type == "rope" and self.n_embd // self.n_head % 2):
             raise ValueError(f"position_embedding_type must be 'absolute' or 'rope' (rope needs an even head size), "
                              f"got {self.position_embedding_type!r} with head size {self.n_embd // self.n_head}")
-        self.intermediate_size = self.intermediate_size or 4 * self.n_embd   # None: 4 * n_embd
+        self.intermediate_size = 4 * self.n_embd if self.intermediate_size is None else self.intermediate_size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
