@@ -40,8 +40,11 @@ def decode_seconds(model: GPT, prompt: torch.Tensor, new_tokens: int, use_cache:
     return time.perf_counter() - start, ids
 
 
-def run(sizes: list[tuple[int, int]], prompt_len: int, new_tokens: int, rounds: int, device: str) -> None:
+def run(sizes: list[tuple[int, int]], prompt_len: int, new_tokens: int, rounds: int,
+        device: str) -> list[dict[str, float | bool]]:
+    """Times each size; returns one row per size: layers, width, tok/s both ways, ratio, same ids."""
     block = prompt_len + new_tokens
+    rows: list[dict[str, float | bool]] = []
     print(f"device {device}, {torch.get_num_threads()} threads | prompt {prompt_len} + {new_tokens} new tokens, "
           f"block_size {block} | median of {rounds} rounds")
     print(f"{'layers':>6s} {'width':>6s} {'params':>8s} {'no cache tok/s':>15s} {'cache tok/s':>12s} {'ratio':>7s}")
@@ -64,9 +67,12 @@ def run(sizes: list[tuple[int, int]], prompt_len: int, new_tokens: int, rounds: 
         t_cache, t_full = statistics.median(times[True]), statistics.median(times[False])
         print(f"{n_layer:6d} {n_embd:6d} {model.num_params() / 1e6:7.2f}M {new_tokens / t_full:15.1f} "
               f"{new_tokens / t_cache:12.1f} {t_full / t_cache:6.1f}x{same}")
+        rows.append({"n_layer": n_layer, "n_embd": n_embd, "no_cache_tok_s": new_tokens / t_full,
+                     "cache_tok_s": new_tokens / t_cache, "ratio": t_full / t_cache, "same_ids": not same})
+    return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict[str, float | bool]]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompt", type=int, default=128, help="prompt length in tokens")
     ap.add_argument("--new", type=int, default=256, help="tokens to generate")
@@ -78,9 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.quick:
-        run(SIZES[:1], 32, 32, 1, args.device)
-    else:
-        run(SIZES, args.prompt, args.new, args.rounds, args.device)
+        return run(SIZES[:1], 32, 32, 1, args.device)
+    return run(SIZES, args.prompt, args.new, args.rounds, args.device)
 
 
 if __name__ == "__main__":
