@@ -197,12 +197,22 @@ def make_accelerator(mixed_precision: str = "auto", device: str | None = None):
         dtype = autocast_dtype(dev)
         mixed_precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")  # type: ignore[arg-type]
     kwargs = {"mixed_precision": mixed_precision, "cpu": dev.type == "cpu"}
+    # Accelerate keeps one process-wide state and refuses (or, for CPU -> CUDA, silently
+    # ignores) a different device or precision. In one process, e.g. a notebook, starting over
+    # is safe; under a multi-process launcher the state is the launcher's and stays.
+    shared = PartialState._shared_state
+    if shared and shared.get("num_processes", 1) == 1:
+        have_device = shared.get("device")
+        have_precision = AcceleratorState._shared_state.get("_mixed_precision")
+        if (have_device is not None and torch.device(have_device).type != dev.type) or \
+                (have_precision is not None and have_precision != mixed_precision):
+            AcceleratorState._reset_state(reset_partial_state=True)
     try:
         return Accelerator(**kwargs)
     except ValueError as err:
         if "already been initialized" not in str(err) or PartialState().num_processes > 1:
             raise
-        AcceleratorState._reset_state()  # one process, e.g. a notebook: safe to start over
+        AcceleratorState._reset_state(reset_partial_state=True)
         return Accelerator(**kwargs)
 
 
