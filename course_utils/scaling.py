@@ -168,8 +168,8 @@ def _dp_worker(rank: int, world_size: int, port: int, config: dict, steps: int, 
         losses.append(accelerator.gather(loss.detach()[None]).mean().item())
     if accelerator.is_main_process:
         state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-        torch.save({"state": state, "losses": losses, "world_size": accelerator.num_processes},
-                   Path(out_dir) / "result.pt")
+        torch.save({"state": state, "losses": losses, "world_size": accelerator.num_processes,
+                    "worker_gpus": torch.cuda.device_count()}, Path(out_dir) / "result.pt")
     accelerator.wait_for_everyone()
     torch.distributed.destroy_process_group()
 
@@ -180,7 +180,8 @@ def run_data_parallel(config: dict, idx: torch.Tensor, targets: torch.Tensor, wo
 
     ``idx``/``targets`` [steps, global_batch, T]; each rank takes ``global_batch / world_size``
     rows of every step. ``world_size == 1`` runs in this process (the reference). Returns
-    ``{"state": state_dict, "losses": [...], "world_size": n}``.
+    ``{"state": state_dict, "losses": [...], "world_size": n}`` (and, from the workers,
+    ``"worker_gpus"``: how many GPUs they saw, always 0).
     """
     if idx.dim() != 3 or idx.shape != targets.shape:
         raise ValueError(f"idx and targets must be [steps, batch, T] of equal shape, got "
@@ -204,7 +205,18 @@ def run_data_parallel(config: dict, idx: torch.Tensor, targets: torch.Tensor, wo
                 "losses": losses, "world_size": 1}
     import torch.multiprocessing as mp
 
-    with tempfile.TemporaryDirectory() as out:
-        mp.spawn(_dp_worker, args=(world_size, _free_port(), config, idx.shape[0], lr, idx, targets, out),
-                 nprocs=world_size, join=True)
-        return torch.load(Path(out) / "result.pt", weights_only=True)
+    # The ranks are CPU processes talking over gloo. Where CUDA is present, torch's barrier picks
+    # the GPU numbered like the rank, and on a one-GPU machine rank 1 failed with "invalid device
+    # ordinal" (seen on an H100, 2026-11-24): the workers start with no GPU visible.
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            mp.spawn(_dp_worker, args=(world_size, _free_port(), config, idx.shape[0], lr, idx, targets, out),
+                     nprocs=world_size, join=True)
+            return torch.load(Path(out) / "result.pt", weights_only=True)
+    finally:
+        if hidden is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = hidden

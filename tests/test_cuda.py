@@ -175,6 +175,21 @@ def test_hf_bridge_on_cuda():
     assert torch.equal(a, b)
 
 
+def test_data_parallel_demo_on_a_gpu_machine():
+    """Chapter 10's two CPU ranks, with a GPU present: on one H100 rank 1 once failed in torch's
+    barrier with "invalid device ordinal" (it picked cuda:1)."""
+    from course_utils import scaling
+
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, 32, (2, 8, 16), generator=g)
+    tgt = torch.randint(0, 32, (2, 8, 16), generator=g)
+    cfg = dict(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    one = scaling.run_data_parallel(cfg, idx, tgt, world_size=1)
+    two = scaling.run_data_parallel(cfg, idx, tgt, world_size=2)
+    assert two["world_size"] == 2 and two["worker_gpus"] == 0 and torch.cuda.is_available()
+    assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
+
+
 def test_sdpa_flash_path_matches_naive_attention_under_bf16():
     m = _gpt(n_embd=128, n_head=2).cuda().eval()   # head size 64: a flash-attention shape
     idx = torch.randint(0, VOCAB, (4, 32), device="cuda")

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -63,13 +65,15 @@ def test_accumulation_equals_big_batch():
 
 
 @pytest.mark.slow
-def test_two_process_data_parallel_matches_one_process():
+def test_two_process_data_parallel_matches_one_process(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")   # the workers must not see it, the caller keeps it
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, 32, (2, 8, 16), generator=g)
     tgt = torch.randint(0, 32, (2, 8, 16), generator=g)
     ref = scaling.run_data_parallel(TINY, idx, tgt, world_size=1)
     dp = scaling.run_data_parallel(TINY, idx, tgt, world_size=2)
-    assert dp["world_size"] == 2
+    assert dp["world_size"] == 2 and dp["worker_gpus"] == 0
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     assert dp["losses"] == pytest.approx(ref["losses"], abs=1e-5)
     for k, v in ref["state"].items():
         torch.testing.assert_close(dp["state"][k], v, atol=1e-5, rtol=1e-4)
