@@ -343,7 +343,8 @@ def beam_search(model_or_fn: torch.nn.Module | NextLogits, ids: Tensor, max_new_
                       device=ids.device)
     for i, (_, seq, _) in enumerate(finished):
         seqs[i, : seq.numel()] = seq
-    return BeamSearchOutput(seqs, torch.tensor([h[0] for h in finished]), torch.tensor([h[2] for h in finished]))
+    return BeamSearchOutput(seqs, torch.tensor([h[0] for h in finished], device=ids.device),
+                            torch.tensor([h[2] for h in finished], device=ids.device))
 
 
 # ---------------------------------------------------------------------------- perplexity

@@ -119,6 +119,30 @@ def test_kv_cache_on_cuda_equals_recompute():
     assert a.device.type == "cuda" and torch.equal(a, b)
 
 
+def test_package_decoding_on_cuda_equals_cpu():
+    """generation.generate / beam_search / total_nll with the model and ids on the GPU: outputs on
+    the GPU too (beam scores included), and the same tokens and scores as on the CPU."""
+    from course_utils import generation
+
+    m = _gpt().eval()
+    ids = torch.randint(0, VOCAB, (1, 6))
+    cpu_greedy = generation.generate(m, ids, 12)
+    cpu_beam = generation.beam_search(m, ids, 8, num_beams=3, eos_token_id=0, pad_token_id=0)
+    cpu_nll = generation.total_nll(lambda w: m(w).logits, ids[0], context=8)
+    m = m.cuda()
+    gpu_greedy = generation.generate(m, ids.cuda(), 12)
+    gpu_beam = generation.beam_search(m, ids.cuda(), 8, num_beams=3, eos_token_id=0, pad_token_id=0)
+    gpu_nll = generation.total_nll(lambda w: m(w.cuda()).logits, ids[0], context=8)
+    g = torch.Generator().manual_seed(0)
+    sampled = generation.generate(m, ids.cuda(), 12, do_sample=True, top_p=0.9, generator=g)  # CPU generator
+    assert gpu_greedy.device.type == "cuda" and torch.equal(gpu_greedy.cpu(), cpu_greedy)
+    assert gpu_beam.sequences.device.type == "cuda" and gpu_beam.scores.device.type == "cuda"
+    assert torch.equal(gpu_beam.sequences.cpu(), cpu_beam.sequences)
+    torch.testing.assert_close(gpu_beam.scores.cpu(), cpu_beam.scores, atol=1e-4, rtol=1e-4)
+    assert sampled.device.type == "cuda" and sampled.shape == (1, 18)
+    assert abs(gpu_nll[0] - cpu_nll[0]) < 1e-3 * max(1.0, abs(cpu_nll[0])) and gpu_nll[1] == cpu_nll[1]
+
+
 def test_cuda_and_cpu_give_the_same_model():
     m = _gpt().eval()
     idx = torch.randint(0, VOCAB, (2, 24))
