@@ -187,7 +187,7 @@ def default_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
 
 def make_accelerator(mixed_precision: str = "auto", device: str | None = None):
     """An ``accelerate.Accelerator`` for ``mixed_precision`` (``auto`` -> bf16/fp16 where the
-    device supports it, fp32 on CPU). In a single process, a different precision than an
+    device supports it, fp32 on CPU). In a single process, another device or precision than an
     earlier Accelerator's is allowed (Accelerate's shared state is reset)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
@@ -196,24 +196,16 @@ def make_accelerator(mixed_precision: str = "auto", device: str | None = None):
     if mixed_precision == "auto":
         dtype = autocast_dtype(dev)
         mixed_precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")  # type: ignore[arg-type]
-    kwargs = {"mixed_precision": mixed_precision, "cpu": dev.type == "cpu"}
-    # Accelerate keeps one process-wide state and refuses (or, for CPU -> CUDA, silently
-    # ignores) a different device or precision. In one process, e.g. a notebook, starting over
-    # is safe; under a multi-process launcher the state is the launcher's and stays.
+    # Accelerate keeps one process-wide state: it refuses a new precision and silently stays on
+    # the CPU after a CPU run (seen on a GPU machine). In one process, e.g. a notebook, starting
+    # over is safe; under a multi-process launcher the state is the launcher's and stays.
     shared = PartialState._shared_state
     if shared and shared.get("num_processes", 1) == 1:
-        have_device = shared.get("device")
-        have_precision = AcceleratorState._shared_state.get("_mixed_precision")
-        if (have_device is not None and torch.device(have_device).type != dev.type) or \
-                (have_precision is not None and have_precision != mixed_precision):
+        old_device = torch.device(shared.get("device") or dev).type
+        old_precision = AcceleratorState._shared_state.get("_mixed_precision") or mixed_precision
+        if old_device != dev.type or old_precision != mixed_precision:
             AcceleratorState._reset_state(reset_partial_state=True)
-    try:
-        return Accelerator(**kwargs)
-    except ValueError as err:
-        if "already been initialized" not in str(err) or PartialState().num_processes > 1:
-            raise
-        AcceleratorState._reset_state(reset_partial_state=True)
-        return Accelerator(**kwargs)
+    return Accelerator(mixed_precision=mixed_precision, cpu=dev.type == "cpu")
 
 
 class Trainer:
