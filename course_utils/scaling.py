@@ -20,6 +20,7 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn as nn
@@ -207,16 +208,9 @@ def run_data_parallel(config: dict, idx: torch.Tensor, targets: torch.Tensor, wo
 
     # The ranks are CPU processes talking over gloo. Where CUDA is present, torch's barrier picks
     # the GPU numbered like the rank, and on a one-GPU machine rank 1 failed with "invalid device
-    # ordinal" (seen on an H100, 2026-11-24): the workers start with no GPU visible.
-    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    try:
-        with tempfile.TemporaryDirectory() as out:
-            mp.spawn(_dp_worker, args=(world_size, _free_port(), config, idx.shape[0], lr, idx, targets, out),
-                     nprocs=world_size, join=True)
-            return torch.load(Path(out) / "result.pt", weights_only=True)
-    finally:
-        if hidden is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = hidden
+    # ordinal" (seen on an H100, 2026-11-24): the workers start with no GPU visible (patch.dict
+    # puts the caller's environment back afterwards).
+    with mock.patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": ""}), tempfile.TemporaryDirectory() as out:
+        mp.spawn(_dp_worker, args=(world_size, _free_port(), config, idx.shape[0], lr, idx, targets, out),
+                 nprocs=world_size, join=True)
+        return torch.load(Path(out) / "result.pt", weights_only=True)

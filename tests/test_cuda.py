@@ -1,6 +1,7 @@
-"""The CUDA path: device choice, mixed-precision training, resume, KV cache, BERT and the HF bridge
-on a real GPU. CI has no GPU, so there every test here is skipped; run them on a GPU machine
-with ``pytest tests/test_cuda.py``. They check results, not speed."""
+"""The CUDA path: device choice, mixed-precision training, resume, KV cache, decoding and BERT on
+a real GPU. CI has no GPU, so there every test here is skipped; run them on a GPU machine with
+``pytest tests/test_cuda.py tests/test_hf_bridge.py tests/test_scaling.py`` (the last two also
+check the HF bridge on CUDA and chapter 10's CPU ranks beside a GPU). They check results, not speed."""
 from __future__ import annotations
 
 import math
@@ -181,37 +182,6 @@ def test_bert_mlm_and_classifier_train_on_cuda_with_autocast():
         cpu = clf.cpu()(x.cpu(), mask.cpu()).logits
     torch.testing.assert_close(fp32.cpu(), cpu, atol=1e-4, rtol=1e-4)
     assert (half.float() - fp32).abs().max().item() < 0.1   # bf16/fp16 rounding, not a different model
-
-
-def test_hf_bridge_on_cuda():
-    transformers = pytest.importorskip("transformers")  # noqa: F841
-    from course_utils.hf_bridge import gpt_to_hf
-
-    ours = _gpt().eval()
-    hf = gpt_to_hf(ours).cuda().eval()
-    ours = ours.cuda()
-    idx = torch.randint(0, VOCAB, (2, 12), device="cuda")
-    with torch.no_grad():
-        diff = (ours(idx).logits - hf(input_ids=idx).logits).abs().max().item()
-    assert diff < 1e-3
-    a = ours.generate(idx[:, :4], 8, temperature=0.0)
-    b = hf.generate(idx[:, :4], max_new_tokens=8, do_sample=False, pad_token_id=0)
-    assert torch.equal(a, b)
-
-
-def test_data_parallel_demo_on_a_gpu_machine():
-    """Chapter 10's two CPU ranks, with a GPU present: on one H100 rank 1 once failed in torch's
-    barrier with "invalid device ordinal" (it picked cuda:1)."""
-    from course_utils import scaling
-
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randint(0, 32, (2, 8, 16), generator=g)
-    tgt = torch.randint(0, 32, (2, 8, 16), generator=g)
-    cfg = dict(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_embd=16)
-    one = scaling.run_data_parallel(cfg, idx, tgt, world_size=1)
-    two = scaling.run_data_parallel(cfg, idx, tgt, world_size=2)
-    assert two["world_size"] == 2 and two["worker_gpus"] == 0 and torch.cuda.is_available()
-    assert two["losses"] == pytest.approx(one["losses"], abs=1e-5)
 
 
 def test_sdpa_flash_path_matches_naive_attention_under_bf16():

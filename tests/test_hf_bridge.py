@@ -22,15 +22,20 @@ def _gpt(**kw) -> GPT:
     return m
 
 
+ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+
+
+@pytest.mark.parametrize("device, tol", [("cpu", 1e-4), pytest.param("cuda", 1e-3, marks=ON_CUDA)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_gpt_to_hf_same_logits_and_greedy_tokens(bias):
+def test_gpt_to_hf_same_logits_and_greedy_tokens(bias, device, tol):
     ours = _gpt(bias=bias)
-    hf = gpt_to_hf(ours)
+    hf = gpt_to_hf(ours).to(device)
+    ours = ours.to(device)
     assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()
-    idx = torch.randint(0, 41, (2, 12))
+    idx = torch.randint(0, 41, (2, 12), device=device)
     with torch.no_grad():
         diff = (ours(idx).logits - hf(input_ids=idx).logits).abs().max().item()
-    assert diff < 1e-4
+    assert diff < tol
     a = ours.generate(idx[:, :4], 8, temperature=0.0)
     b = hf.generate(idx[:, :4], max_new_tokens=8, do_sample=False, pad_token_id=0)
     assert torch.equal(a, b)
