@@ -3,6 +3,8 @@
 * :func:`classification_scores` -- accuracy and macro (or micro/weighted) precision, recall, F1
   from label ids (the same numbers as scikit-learn with ``zero_division=0``);
 * :func:`confusion_matrix` -- counts ``[true, predicted]``;
+* :func:`compare_classifiers` -- is one classifier really better than another on the same test
+  set? The accuracy margin with a paired-bootstrap confidence interval, and McNemar's exact test;
 * :func:`bio_entities` / :func:`entity_scores` -- entity-level precision, recall and F1 from BIO
   tag sequences, as seqeval computes them: an entity counts only when its type *and* its span
   match exactly, so a right type with a wrong boundary is one false positive *and* one false
@@ -114,6 +116,46 @@ def classification_scores(predictions: Sequence[int], references: Sequence[int],
     return {"accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1}
 
 
+def compare_classifiers(predictions_a: Sequence[int], predictions_b: Sequence[int], references: Sequence[int],
+                        n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Accuracy of A minus accuracy of B on the same examples, and how sure we can be of it.
+
+    Both classifiers answered the same test set, so the comparison is *paired*: only the
+    examples where exactly one of them is right carry information. Returns
+
+    * ``margin`` -- accuracy(A) - accuracy(B);
+    * ``ci_low``, ``ci_high`` -- a ``confidence`` interval for the margin from the paired
+      bootstrap (resample the test examples with replacement ``n_resamples`` times, recompute
+      the margin, take the percentiles);
+    * ``a_only``, ``b_only`` -- how many examples only A / only B got right;
+    * ``p_value`` -- McNemar's exact two-sided test that A and B are equally accurate: under that
+      hypothesis each of the ``a_only + b_only`` disagreements is a fair coin flip.
+
+    A margin whose interval contains 0 (or ``p_value`` > 0.05) is not evidence that A is better.
+    Defined in chapter 7, Fine-tuning.
+    """
+    import math
+
+    import numpy as np
+
+    pa, refs = _check_pair(predictions_a, references)
+    pb, _ = _check_pair(predictions_b, references)
+    if not isinstance(n_resamples, int) or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    diff = np.array([(a == t) - (b == t) for a, b, t in zip(pa, pb, refs)], dtype=np.float64)  # -1, 0 or +1
+    rng = np.random.default_rng(seed)
+    means = np.stack([diff[rng.integers(0, diff.size, diff.size)].mean() for _ in range(n_resamples)])
+    tail = (1.0 - confidence) / 2 * 100
+    a_only, b_only = int((diff > 0).sum()), int((diff < 0).sum())
+    n = a_only + b_only
+    p_value = min(1.0, 2 * sum(math.comb(n, k) for k in range(min(a_only, b_only) + 1)) / 2 ** n)
+    return {"margin": float(diff.mean()), "ci_low": float(np.percentile(means, tail)),
+            "ci_high": float(np.percentile(means, 100 - tail)), "a_only": a_only, "b_only": b_only,
+            "p_value": p_value}
+
+
 def bio_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     """Entities of one BIO sequence as ``(type, start, end)`` with ``end`` exclusive.
 
@@ -209,5 +251,5 @@ def load_metric(name: str, **kwargs: Any):
     return evaluate.load(str(metric_path(name)), **kwargs)
 
 
-__all__ = ["classification_scores", "confusion_matrix", "bio_entities", "entity_scores", "load_metric",
+__all__ = ["classification_scores", "confusion_matrix", "compare_classifiers", "bio_entities", "entity_scores", "load_metric",
            "metric_path", "available_metrics", "METRIC_MODULES", "AVERAGES"]

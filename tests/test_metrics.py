@@ -135,3 +135,66 @@ def test_metric_modules_load_offline_and_agree(monkeypatch: pytest.MonkeyPatch) 
     ent.add_batch(predictions=p[1:], references=r[1:])
     assert ent.compute()["n_correct"] == 1
     assert os.environ["HF_EVALUATE_OFFLINE"] == "1"
+
+
+# ----------------------------------------------------------------------------- paired comparison
+def test_compare_classifiers_hand_computed() -> None:
+    refs = [0, 1, 0, 1, 1, 0, 1, 0]
+    a = [0, 1, 0, 1, 1, 0, 0, 1]      # right on 6
+    b = [0, 1, 1, 0, 0, 0, 1, 1]      # right on 4; A alone right on 3 examples, B alone on 1
+    r = metrics.compare_classifiers(a, b, refs, n_resamples=500)
+    assert r["margin"] == pytest.approx(2 / 8)
+    assert (r["a_only"], r["b_only"]) == (3, 1)
+    # McNemar exact: 4 disagreements, P(X <= 1 | n=4, p=1/2) = 5/16, two-sided 10/16
+    assert r["p_value"] == pytest.approx(10 / 16)
+    assert r["ci_low"] < r["margin"] < r["ci_high"]
+    assert -1.0 <= r["ci_low"] and r["ci_high"] <= 1.0
+
+
+def test_compare_classifiers_identical_and_one_sided() -> None:
+    refs = [i % 2 for i in range(40)]
+    same = metrics.compare_classifiers(refs, refs, refs)
+    assert same["margin"] == same["ci_low"] == same["ci_high"] == 0.0 and same["p_value"] == 1.0
+    worse = [1 - t if i < 12 else t for i, t in enumerate(refs)]       # wrong on 12 of 40
+    r = metrics.compare_classifiers(refs, worse, refs, seed=1)
+    assert r["margin"] == pytest.approx(12 / 40) and (r["a_only"], r["b_only"]) == (12, 0)
+    assert r["p_value"] == pytest.approx(2 * 0.5 ** 12)
+    assert 0.0 < r["ci_low"] < 0.3 < r["ci_high"]               # the interval excludes 0
+    swapped = metrics.compare_classifiers(worse, refs, refs, seed=1)
+    assert swapped["margin"] == pytest.approx(-r["margin"]) and swapped["p_value"] == r["p_value"]
+
+
+def test_compare_classifiers_interval_covers_the_truth() -> None:
+    # two noisy classifiers with true accuracies 0.80 and 0.75: the 90 % interval of a
+    # 2,000-example test set should contain the true margin of 0.05 in most of 40 draws
+    rng = random.Random(0)
+    hits = 0
+    for trial in range(40):
+        refs = [rng.randrange(2) for _ in range(2000)]
+        a = [t if rng.random() < 0.80 else 1 - t for t in refs]
+        b = [t if rng.random() < 0.75 else 1 - t for t in refs]
+        r = metrics.compare_classifiers(a, b, refs, n_resamples=300, confidence=0.9, seed=trial)
+        hits += r["ci_low"] <= 0.05 <= r["ci_high"]
+    assert 30 <= hits <= 40
+
+
+def test_compare_classifiers_bad_input() -> None:
+    with pytest.raises(ValueError, match="differ in length"):
+        metrics.compare_classifiers([0, 1], [0], [0, 1])
+    with pytest.raises(ValueError, match="confidence"):
+        metrics.compare_classifiers([0], [0], [0], confidence=95)
+    with pytest.raises(ValueError, match="n_resamples"):
+        metrics.compare_classifiers([0], [0], [0], n_resamples=0)
+
+
+def test_compare_classifiers_p_value_agrees_with_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    rng = random.Random(3)
+    for trial in range(10):
+        refs = [rng.randrange(3) for _ in range(rng.randint(5, 80))]
+        a = [t if rng.random() < 0.7 else rng.randrange(3) for t in refs]
+        b = [t if rng.random() < 0.6 else rng.randrange(3) for t in refs]
+        r = metrics.compare_classifiers(a, b, refs, n_resamples=50)
+        n = r["a_only"] + r["b_only"]
+        expected = stats.binomtest(r["a_only"], n, 0.5).pvalue if n else 1.0
+        assert r["p_value"] == pytest.approx(expected), trial
