@@ -146,7 +146,7 @@ def compare_classifiers(predictions_a: Sequence[int], predictions_b: Sequence[in
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     diff = np.array([(a == t) - (b == t) for a, b, t in zip(pa, pb, refs)], dtype=np.float64)  # -1, 0 or +1
     rng = np.random.default_rng(seed)
-    means = np.stack([diff[rng.integers(0, diff.size, diff.size)].mean() for _ in range(n_resamples)])
+    means = diff[rng.integers(0, diff.size, (n_resamples, diff.size))].mean(axis=1)   # one margin per resample
     tail = (1.0 - confidence) / 2 * 100
     a_only, b_only = int((diff > 0).sum()), int((diff < 0).sum())
     n = a_only + b_only
