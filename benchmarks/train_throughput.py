@@ -1,11 +1,11 @@
 """Training throughput: the course GPT against transformers' GPT2LMHeadModel, same sizes.
 
 Both models get the same config (4 layers, 4 heads, 128 wide, block 64, batch 12, dropout 0 by
-default), the same character-level Shakespeare batches, the same AdamW settings and the same
-loss (mean cross-entropy over every position). They run ALTERNATELY, round after round (the
-order swaps each round), so a busy machine slows both alike; the median tokens/s over rounds is
-reported with the ratio ours / transformers, and each round's own ratio with their range, which
-shows how much the load moved. Printed, never asserted.
+default), the same character-level Shakespeare batches, the same optimizer (the course's AdamW,
+as chapter 5 trains with it) and the same loss (mean cross-entropy over every position). They
+run ALTERNATELY, round after round (the order swaps each round), so a busy machine slows both
+alike; the median tokens/s over rounds is reported with the ratio ours / transformers, and each
+round's own ratio with their range, which shows how much the load moved. Printed, never asserted.
 
     python benchmarks/train_throughput.py                 # default: 7 rounds of 30 steps
     python benchmarks/train_throughput.py --quick         # a smoke run (seconds)
@@ -61,12 +61,11 @@ def build_models(vocab: int, layers: int, heads: int, width: int, block: int, de
 
 
 def make_step(model: torch.nn.Module, kind: str, lr: float = 1e-3) -> Callable[[torch.Tensor, torch.Tensor], float]:
-    """One AdamW training step (same optimizer settings for both models)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.99))
+    """One training step with the course's optimizer (the same for both models): AdamW, decay on
+    matrices only, the fused kernel on CPU and CUDA (:func:`course_utils.train.configure_optimizer`)."""
+    from course_utils.train import configure_optimizer
+
+    opt = configure_optimizer(model, lr=lr, weight_decay=0.1, betas=(0.9, 0.99))
     model.train()
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
