@@ -351,12 +351,8 @@ class GPT(nn.Module):
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        if device_type in ("cuda", "cpu"):  # one fused kernel: ~5-10x faster steps for small models on CPU
-            try:
-                return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
-            except (RuntimeError, TypeError):  # older torch without a fused kernel for this device
-                pass
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+        fused = device_type in ("cuda", "cpu")  # one kernel for all tensors: ~4x faster steps on CPU here
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` + ``model.safetensors`` to ``directory`` (atomically)."""
