@@ -6,7 +6,7 @@ as chapter 5 trains with it) and the same loss (mean cross-entropy over every po
 run ALTERNATELY, round after round (the order swaps each round), so a busy machine slows both
 alike; the median tokens/s over rounds is reported with the ratio ours / transformers, and each
 round's own ratio with their range, which shows how much the load moved, and the median
-milliseconds of each step's forward pass, backward pass and update. Printed, never asserted.
+milliseconds of each step's forward pass, backward pass and update (on CPU). Printed, never asserted.
 
     python benchmarks/train_throughput.py                 # default: 7 rounds of 30 steps
     python benchmarks/train_throughput.py --quick         # a smoke run (seconds)
@@ -65,34 +65,28 @@ def make_step(model: torch.nn.Module, kind: str, lr: float = 1e-3) -> Callable[.
     """One training step with the course's optimizer (the same for both models): AdamW, decay on
     matrices only, the fused kernel on CPU and CUDA (:func:`course_utils.train.configure_optimizer`).
 
-    ``step(x, y, phases)`` appends (forward, backward, clip + update) seconds to ``phases``."""
+    ``step(x, y, phases)`` appends (forward, backward, clip + update) seconds to ``phases`` (CPU)."""
     from course_utils.train import configure_optimizer
 
     opt = configure_optimizer(model, lr=lr, weight_decay=0.1, betas=(0.9, 0.99))
     model.train()
 
-    cuda = next(model.parameters()).is_cuda
-
-    def mark() -> float:
-        if cuda:  # a GPU runs ahead of Python: wait for it (each step's loss.item() waits anyway)
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
     def step(x: torch.Tensor, y: torch.Tensor, phases: list[tuple[float, float, float]] | None = None) -> float:
-        t0 = mark()
+        # phases are timed on CPU only: a GPU runs ahead of Python, so they would need synchronising
+        t0 = time.perf_counter()
         if kind == "ours":
             loss = model(x, targets=y).loss
         else:
             logits = model(input_ids=x).logits
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
-        t1 = mark()
+        t1 = time.perf_counter()
         loss.backward()
-        t2 = mark()
+        t2 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if phases is not None:
-            phases.append((t1 - t0, t2 - t1, mark() - t2))
+            phases.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
         return loss.item()
 
     return step
@@ -140,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             for x, y in batches[args.warmup:]:
-                steps[name](x, y, phases[name])
+                steps[name](x, y, phases[name] if device.type == "cpu" else None)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             rates[name].append(tokens / (time.perf_counter() - t0))
@@ -155,9 +149,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"per-round ratios: {' '.join(f'{r:.2f}' for r in paired)} | median {statistics.median(paired):.2f}x, "
           f"range {min(paired):.2f}-{max(paired):.2f}x")
     # where a step's time goes: the medians over every timed step of each model
-    split = {k: [1e3 * statistics.median(p[i] for p in v) for i in range(3)] for k, v in phases.items()}
-    print("median ms per step (forward | backward | clipping + AdamW): "
-          + "   ".join(f"{k} {' | '.join(f'{t:.1f}' for t in v)}" for k, v in split.items()))
+    split = {k: [1e3 * statistics.median(p[i] for p in v) for i in range(3)] for k, v in phases.items() if v}
+    if split:
+        print("median ms per step (forward | backward | clipping + AdamW): "
+              + "   ".join(f"{k} {' | '.join(f'{t:.1f}' for t in v)}" for k, v in split.items()))
     return {**med, "ratio": ratio, "round_ratios": paired, "split_ms": split,
             "params": {"ours": n_ours, "transformers": n_theirs}}
 
