@@ -18,6 +18,7 @@ Defined in chapter 7, Fine-tuning.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -134,8 +135,6 @@ def compare_classifiers(predictions_a: Sequence[int], predictions_b: Sequence[in
     A margin whose interval contains 0 (or ``p_value`` > 0.05) is not evidence that A is better.
     Defined in chapter 7, Fine-tuning.
     """
-    import math
-
     import numpy as np
 
     pa, refs = _check_pair(predictions_a, references)
