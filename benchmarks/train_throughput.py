@@ -4,9 +4,9 @@ Both models get the same config (4 layers, 4 heads, 128 wide, block 64, batch 12
 default), the same character-level Shakespeare batches, the same optimizer (the course's AdamW,
 as chapter 5 trains with it) and the same loss (mean cross-entropy over every position). They
 run ALTERNATELY, round after round (the order swaps each round), so a busy machine slows both
-alike; the median tokens/s over rounds is reported with the ratio ours / transformers, and each
-round's own ratio with their range, which shows how much the load moved, and the median
-milliseconds of each step's forward pass, backward pass and update (on CPU). Printed, never asserted.
+alike. Printed, never asserted: the median tokens/s over rounds with the ratio ours /
+transformers; each round's own ratio and their range, which shows how much the load moved; and
+(on CPU) the median milliseconds of each step's forward pass, backward pass and update.
 
     python benchmarks/train_throughput.py                 # default: 7 rounds of 30 steps
     python benchmarks/train_throughput.py --quick         # a smoke run (seconds)
