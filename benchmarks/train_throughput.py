@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if split:
         print("median ms per step (forward | backward | clipping + AdamW): "
               + "   ".join(f"{k} {' | '.join(f'{t:.1f}' for t in v)}" for k, v in split.items()))
-    return {**med, "ratio": ratio, "round_ratios": paired, "split_ms": split,
+    return {**med, "ratio": ratio, "round_ratios": paired, "split_ms": split, "device": device.type,
             "params": {"ours": n_ours, "transformers": n_theirs}}
 
 
