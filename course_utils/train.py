@@ -165,7 +165,7 @@ def configure_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # one fused kernel for all tensors (CPU and CUDA): ~4x faster steps than foreach on CPU here
     fused = params[0].device.type in ("cuda", "cpu") if fused is None else fused
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, **({"fused": True} if fused else {}))  # torch >= 2.4 on CPU
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)  # fused on CPU needs torch >= 2.4
 
 
 def default_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:

@@ -138,6 +138,7 @@ def test_flops_estimate_matches_flop_counter():
 def test_configure_optimizers_groups():
     m = tiny()
     opt = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    assert opt.defaults["fused"] is True
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])

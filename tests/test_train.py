@@ -84,6 +84,8 @@ def test_decay_groups() -> None:
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert {id(p) for p in decay["params"]} == {id(model.emb.weight), id(model.head.weight)}
     assert {id(p) for p in no_decay["params"]} == {id(model.ln.weight), id(model.ln.bias), id(model.head.bias)}
+    assert opt.defaults["fused"] is True   # CPU parameters get the fused kernel by default
+    assert not configure_optimizer(model, lr=1e-3, weight_decay=0.1, fused=False).defaults["fused"]
     with pytest.raises(TypeError, match="nn.Module"):
         configure_optimizer("model", lr=1e-3, weight_decay=0.1)  # type: ignore[arg-type]
 

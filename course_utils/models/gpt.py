@@ -352,7 +352,7 @@ class GPT(nn.Module):
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         fused = device_type in ("cuda", "cpu")  # one kernel for all tensors: ~4x faster steps on CPU here
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` + ``model.safetensors`` to ``directory`` (atomically)."""
