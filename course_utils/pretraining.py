@@ -120,12 +120,14 @@ def is_complete(folder: Path) -> bool:
     return (folder / DONE_FILE).is_file() and (folder / "model.safetensors").is_file()
 
 
-def recipe_record(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as plain JSON data (saved in ``DONE_FILE`` with the model)."""
-    return json.loads(json.dumps({"model": recipe.model, "train": recipe.train, "extra": recipe.extra}))
+def recipe_record(recipe: Recipe | dict[str, Any]) -> dict[str, Any]:
+    """The recipe as plain JSON data (saved in ``DONE_FILE`` with the model); a plain dict of
+    settings (e.g. ``finetune.TWEET_RECIPES``) is recorded as it is."""
+    data = recipe if isinstance(recipe, dict) else {"model": recipe.model, "train": recipe.train, "extra": recipe.extra}
+    return json.loads(json.dumps(data))
 
 
-def is_current(folder: Path, recipe: Recipe) -> bool:
+def is_current(folder: Path, recipe: Recipe | dict[str, Any]) -> bool:
     """A complete model folder trained with ``recipe`` (a copy from an older recipe is not)."""
     if not is_complete(folder):
         return False
@@ -137,7 +139,7 @@ def is_current(folder: Path, recipe: Recipe) -> bool:
 
 
 def _publish(build: Callable[[Path], dict[str, Any]], final: Path, replace: bool = True,
-             recipe: Recipe | None = None) -> Path:
+             recipe: Recipe | dict[str, Any] | None = None) -> Path:
     """Run ``build(tmp_dir)`` (it writes the files and returns the metadata), add ``DONE_FILE``,
     then rename the folder to ``final``. ``replace=False`` keeps a complete copy of the same
     ``recipe`` that another process published first; ``replace=True`` swaps the new one in (old

@@ -193,6 +193,12 @@ def test_tweet_classifier_cache(wordpiece, tmp_path, monkeypatch: pytest.MonkeyP
     x = tok(["what a great ride"], return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(model(**x).logits, model2(**x).logits, atol=1e-6)
+    # a classifier cached by an older recipe is not reused: it is trained again with the new one
+    monkeypatch.setitem(ft.TWEET_RECIPES, "ci", {**ft.TWEET_RECIPES["ci"], "max_steps": 7})
+    ft.load_or_finetune_tweet_classifier("ci", progress=False)
+    assert calls == ["ci", "ci"], "a model from another recipe must be retrained"
+    ft.load_or_finetune_tweet_classifier("ci", progress=False)
+    assert calls == ["ci", "ci"], "the retrained model is cached under the new recipe"
 
 
 # ----------------------------------------------------------------------------- LoRA helpers
