@@ -229,8 +229,8 @@ def finetune(model: torch.nn.Module, train_features: Sequence[dict[str, Any]],
     """Fine-tune ``model`` in place with the chapter-5 training loop (AdamW, warm-up + cosine).
 
     Every ``eval_every`` steps the loop records the loss on ``eval_batches`` fixed training and
-    validation batches; ``score_fn(model)`` (e.g. validation accuracy) is recorded too, as
-    ``history["score"]`` at ``history["eval_step"]``. Returns the history. Defined in chapter 7."""
+    validation batches, and ``score_fn(model)`` (e.g. validation accuracy) as ``history["score"]``
+    at ``history["eval_step"]``. Returns the history. Defined in chapter 7, Fine-tuning."""
     from .train import TrainConfig, Trainer
 
     n_eval = max(1, min(eval_batches, math.ceil(len(val_features) / batch_size)))
