@@ -255,7 +255,7 @@ def finetune(model: torch.nn.Module, train_features: Sequence[dict[str, Any]],
 
 # ------------------------------------------------------------------------------ tweets
 def tweet_model_dir(profile: str | None = None) -> Path:
-    from .pretraining import model_dir
+    from .model_cache import model_dir
     return model_dir(TWEET_MODEL_NAME, profile)
 
 
@@ -310,7 +310,7 @@ def save_tweet_classifier(model: Any, tokenizer: Any, profile: str | None = None
                           meta: dict[str, Any] | None = None) -> Path:
     """Publish a fine-tuned tweet classifier where :func:`load_or_finetune_tweet_classifier` finds it,
     with the profile's :data:`TWEET_RECIPES` entry it was trained with."""
-    from .pretraining import _publish, recipe_record
+    from .model_cache import publish, recipe_record
     from .profiles import get_profile
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -319,7 +319,7 @@ def save_tweet_classifier(model: Any, tokenizer: Any, profile: str | None = None
         return {"name": TWEET_MODEL_NAME, "recipe": recipe_record(TWEET_RECIPES[get_profile(profile).name]),
                 **(meta or {})}
 
-    return _publish(build, tweet_model_dir(profile))
+    return publish(build, tweet_model_dir(profile))
 
 
 def load_or_finetune_tweet_classifier(profile: str | None = None, progress: bool = True) -> tuple[Any, Any]:
@@ -330,7 +330,7 @@ def load_or_finetune_tweet_classifier(profile: str | None = None, progress: bool
     Defined in chapter 7, Fine-tuning."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from .pretraining import is_complete, is_current
+    from .model_cache import is_complete, is_current
     from .profiles import get_profile
 
     folder = tweet_model_dir(profile)

@@ -13,10 +13,7 @@ Defined in chapter 5, Pretraining.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +21,8 @@ from typing import Any, Callable
 
 import torch
 
+from .model_cache import DONE_FILE, is_complete, is_current, model_dir, models_dir, recipe_record
+from .model_cache import publish as _publish
 from .profiles import get_profile
 from .tokenization import CharTokenizer
 from .train import TrainConfig, TrainEvent, Trainer
@@ -33,7 +32,6 @@ from .zh_mlm import (MLM_PROB, ZH_SPECIALS, MLMBlockSampler, build_zh_char_token
 
 CHAR_GPT_NAME = "char-gpt-shakespeare"
 ZH_BERT_NAME = "zh-bert-peoples-daily"
-DONE_FILE = "training.json"  # written last: its presence marks a complete model folder
 
 
 @dataclass(frozen=True)
@@ -102,66 +100,6 @@ ZH_BERT_RECIPES: dict[str, Recipe] = {
                              eval_iters=20, weight_decay=0.01, grad_clip=1.0),
                   extra=dict(seq_len=128, min_freq=2, max_lines=None, mlm_prob=0.15)),
 }
-
-
-def models_dir() -> Path:
-    """``<data dir>/models`` (see :func:`course_utils.assets.data_dir`)."""
-    from .assets import data_dir
-
-    return data_dir() / "models"
-
-
-def model_dir(name: str, profile: str | None = None) -> Path:
-    """Where model ``name`` trained with ``profile`` lives: ``<data dir>/models/<name>-<profile>``."""
-    return models_dir() / f"{name}-{get_profile(profile).name}"
-
-
-def is_complete(folder: Path) -> bool:
-    return (folder / DONE_FILE).is_file() and (folder / "model.safetensors").is_file()
-
-
-def recipe_record(recipe: Recipe | dict[str, Any]) -> dict[str, Any]:
-    """The recipe as plain JSON data (saved in ``DONE_FILE`` with the model); a plain dict of
-    settings (e.g. ``finetune.TWEET_RECIPES``) is recorded as it is."""
-    data = recipe if isinstance(recipe, dict) else {"model": recipe.model, "train": recipe.train, "extra": recipe.extra}
-    return json.loads(json.dumps(data))
-
-
-def is_current(folder: Path, recipe: Recipe | dict[str, Any]) -> bool:
-    """A complete model folder trained with ``recipe`` (a copy from an older recipe is not)."""
-    if not is_complete(folder):
-        return False
-    try:
-        saved = json.loads((folder / DONE_FILE).read_text(encoding="utf-8")).get("recipe")
-    except (OSError, ValueError):
-        return False
-    return saved == recipe_record(recipe)
-
-
-def _publish(build: Callable[[Path], dict[str, Any]], final: Path, replace: bool = True,
-             recipe: Recipe | dict[str, Any] | None = None) -> Path:
-    """Run ``build(tmp_dir)`` (it writes the files and returns the metadata), add ``DONE_FILE``,
-    then rename the folder to ``final``. ``replace=False`` keeps a complete copy of the same
-    ``recipe`` that another process published first; ``replace=True`` swaps the new one in (old
-    copy moved aside first)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    old = final.with_name(f".old-{final.name}-{os.getpid()}")
-    try:
-        meta = build(tmp)
-        (tmp / DONE_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        current = is_complete(final) if recipe is None else is_current(final, recipe)
-        if final.exists() and (replace or not current):
-            os.replace(final, old)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not current:
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 # ------------------------------------------------------------------------------ char GPT

@@ -52,41 +52,6 @@ def test_ci_recipes_are_tiny() -> None:
     assert pretraining.ZH_BERT_RECIPES["ci"].train["max_steps"] <= 100
 
 
-def test_model_dir_follows_profile_and_data_dir(isolated_data_dir: Path) -> None:
-    assert pretraining.model_dir("x", "ci") == isolated_data_dir / "models" / "x-ci"
-    with pytest.raises(ValueError, match="profile"):
-        pretraining.model_dir("x", "huge")
-
-
-def test_publish_is_all_or_nothing(tmp_path: Path) -> None:
-    final = tmp_path / "models" / "m-ci"
-
-    def failing(tmp: Path) -> dict:
-        (tmp / "model.safetensors").write_bytes(b"half")
-        raise RuntimeError("killed")
-
-    with pytest.raises(RuntimeError, match="killed"):
-        pretraining._publish(failing, final)
-    assert not final.exists() and not list(final.parent.glob(".tmp-*"))
-
-    def ok(tmp: Path) -> dict:
-        (tmp / "model.safetensors").write_bytes(b"weights")
-        return {"n": 1}
-
-    pretraining._publish(ok, final)
-    assert pretraining.is_complete(final)
-
-    def newer(tmp: Path) -> dict:
-        (tmp / "model.safetensors").write_bytes(b"newer")
-        return {"n": 2}
-
-    pretraining._publish(newer, final, replace=False)   # another finisher came first: keep its copy
-    assert (final / "model.safetensors").read_bytes() == b"weights"
-    pretraining._publish(newer, final)                  # an explicit save replaces it
-    assert (final / "model.safetensors").read_bytes() == b"newer" and pretraining.is_complete(final)
-    assert sorted(p.name for p in final.parent.iterdir()) == ["m-ci"]
-
-
 # ------------------------------------------------------------------ char GPT: train once, then load
 def _tiny_char_gpt(monkeypatch: pytest.MonkeyPatch):
     text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n" * 30
