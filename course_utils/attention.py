@@ -6,9 +6,13 @@ chapters import (``tests/test_agree_ch03.py`` checks that the two agree).
 Conventions (the same as :func:`torch.nn.functional.scaled_dot_product_attention`):
 
 * a **boolean** mask is ``True`` where a query *may* attend to a key;
-* a **float** mask is *added* to the scores (``0`` keep, ``-inf`` block);
+* an **integer** mask (``int64``, ``uint8``, ...) holding only ``0`` and ``1`` is read the same way
+  as a boolean one (``1`` = may attend), so a tokenizer's 0/1 mask masks rather than being added
+  to the scores; any other integer value is a ``ValueError``;
+* a **float** mask is *added* to the scores (``0`` keep, ``-inf`` block, anything else a bias);
+  it must not hold NaN;
 * ``attention_mask`` arguments use the Hugging Face convention: ``[B, T]`` with ``1`` for real
-  tokens and ``0`` for padding.
+  tokens and ``0`` for padding (bool, integer or float, values 0 and 1 only).
 
 Defined in chapter 3, Attention math.
 """
@@ -21,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "scaled_dot_product_attention", "causal_mask", "padding_mask", "combine_masks",
+    "scaled_dot_product_attention", "as_attention_mask", "causal_mask", "padding_mask", "combine_masks",
     "attention_entropy", "MultiHeadAttention", "split_heads", "merge_heads",
     "sinusoidal_positions", "SinusoidalPositionalEncoding", "LearnedPositionalEmbedding",
     "rope_cos_sin", "rotate_half", "apply_rope",
@@ -36,6 +40,37 @@ def _require_tensor(name: str, x: object, min_dim: int) -> Tensor:
     return x
 
 
+def as_attention_mask(mask: Tensor, name: str = "mask") -> Tensor:
+    """Check a mask's dtype and values; return a bool mask (True = may attend) or a float (additive) one.
+
+    * bool: returned as is;
+    * integer: must hold only 0 and 1 (``1`` = may attend); returned as bool;
+    * float: an additive mask (``0`` keep, ``-inf`` block); NaN is refused.
+
+    Anything else (complex, a list, ...) is a ``TypeError``; an integer mask with other values,
+    or a float mask with NaN, a ``ValueError`` that names ``name``.
+
+    Defined in chapter 3, Attention math.
+    """
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (bool, 0/1 integer or additive float), "
+                        f"got {type(mask).__name__}")
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.dtype.is_floating_point:
+        if mask.numel() and bool(torch.isnan(mask).any()):
+            raise ValueError(f"{name} is an additive float mask and must not contain NaN "
+                             "(use 0 to keep a key and -inf to block it)")
+        return mask
+    if mask.dtype.is_complex:
+        raise TypeError(f"{name} must be bool, a 0/1 integer tensor or an additive float tensor, got {mask.dtype}")
+    if mask.numel() and bool(((mask != 0) & (mask != 1)).any()):
+        bad = sorted({int(x) for x in mask[(mask != 0) & (mask != 1)].unique()[:5]})
+        raise ValueError(f"integer {name} must hold only 0 and 1 (1 = may attend, 0 = blocked), "
+                         f"got values such as {bad}; pass a float tensor for an additive mask")
+    return mask.bool()
+
+
 # --------------------------------------------------------------------------- core attention
 def scaled_dot_product_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, is_causal: bool = False,
@@ -47,7 +82,8 @@ def scaled_dot_product_attention(
         q: queries ``[..., T_q, d_k]``.
         k: keys ``[..., T_k, d_k]``.
         v: values ``[..., T_k, d_v]``.
-        mask: broadcastable to ``[..., T_q, T_k]``; bool (``True`` = may attend) or float (added).
+        mask: broadcastable to ``[..., T_q, T_k]``; bool or 0/1 integer (``True``/``1`` = may
+            attend) or float (added to the scores); see :func:`as_attention_mask`.
         is_causal: also apply :func:`causal_mask` (query ``i`` sees keys ``0..i``).
         scale: multiplier of the scores; default ``1/sqrt(d_k)``.
         dropout_p: dropout on the weights, applied only when ``training`` is true.
@@ -72,8 +108,7 @@ def scaled_dot_product_attention(
         causal = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
         scores = scores.masked_fill(~causal, float("-inf"))
     if mask is not None:
-        if not isinstance(mask, Tensor):
-            raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+        mask = as_attention_mask(mask, "mask")
         try:
             torch.broadcast_shapes(mask.shape, scores.shape)
         except RuntimeError as err:
@@ -109,12 +144,18 @@ def padding_mask(attention_mask: Tensor) -> Tensor:
     """``[B, T]`` 1/0 attention mask (1 = real token) -> boolean key mask ``[B, 1, 1, T]``.
 
     The result broadcasts against scores ``[B, n_head, T_q, T]``: no query attends to padding.
+    ``attention_mask`` may be bool, integer or float, but must hold only 0 and 1 (an additive
+    ``0/-inf`` mask here is a ``ValueError``, since reading it as 0/1 would invert it).
 
     Defined in chapter 3, Attention math.
     """
     _require_tensor("attention_mask", attention_mask, 2)
     if attention_mask.dim() != 2:
         raise ValueError(f"attention_mask must be [B, T], got shape {tuple(attention_mask.shape)}")
+    if attention_mask.dtype != torch.bool and attention_mask.numel() and bool(
+            ((attention_mask != 0) & (attention_mask != 1)).any()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token); got other values "
+                         "(an additive 0/-inf mask belongs in attn_mask, not attention_mask)")
     return attention_mask.bool()[:, None, None, :]
 
 
@@ -192,7 +233,8 @@ class MultiHeadAttention(nn.Module):
 
         Args:
             query: ``[B, T, d_model]``; key, value: ``[B, S, d_model]`` (default: ``query``).
-            attn_mask: bool/float mask broadcastable to ``[B, n_head, T, S]`` (True = may attend).
+            attn_mask: mask broadcastable to ``[B, n_head, T, S]``: bool or 0/1 integer
+                (True/1 = may attend) or float (added to the scores); see :func:`as_attention_mask`.
             attention_mask: ``[B, S]`` with 1 for real keys, 0 for padding.
             is_causal: query ``i`` sees keys ``0..i``.
 
@@ -206,8 +248,10 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"query must be [B, T, {self.d_model}], got {tuple(query.shape)}")
         if key.shape[-1] != self.d_model or value.shape[:-1] != key.shape[:-1]:
             raise ValueError(f"key/value must be [B, S, {self.d_model}], got {tuple(key.shape)} / {tuple(value.shape)}")
-        mask = attn_mask
+        mask = None if attn_mask is None else as_attention_mask(attn_mask, "attn_mask")
         if attention_mask is not None:
+            if not isinstance(attention_mask, Tensor):
+                raise TypeError(f"attention_mask must be a torch.Tensor [B, S] of 0/1, got {type(attention_mask).__name__}")
             if attention_mask.shape != key.shape[:2]:
                 raise ValueError(f"attention_mask must be [B, S]={tuple(key.shape[:2])}, got {tuple(attention_mask.shape)}")
             pad = padding_mask(attention_mask)

@@ -185,3 +185,84 @@ def test_rope_score_depends_only_on_offset():
         A.rope_cos_sin(4, 5)
     with pytest.raises(ValueError, match="cos/sin"):
         A.apply_rope(torch.randn(3, 8), cos, sin)
+
+
+# --------------------------------------------------------------------------- issue 28, item 8: mask dtypes
+def _padded_key_mask() -> torch.Tensor:
+    """``[2, 1, 1, 7]`` key mask: example 0 has 2 padding keys, example 1 has 4."""
+    m = torch.ones(2, 1, 1, 7, dtype=torch.long)
+    m[0, ..., 5:] = 0
+    m[1, ..., 3:] = 0
+    return m
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.int32, torch.uint8, torch.int8])
+def test_sdpa_integer_01_mask_masks_padding_like_torch(qkv, dtype):
+    q, k, v = qkv
+    int_mask = _padded_key_mask().to(dtype)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=int_mask.bool())
+    out, w = A.scaled_dot_product_attention(q, k, v, int_mask)
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
+    assert torch.all(w[0, ..., 5:] == 0) and torch.all(w[1, ..., 3:] == 0), "padding keys got attention"
+
+
+def test_sdpa_float_mask_is_additive_like_torch(qkv):
+    q, k, v = qkv
+    add = torch.zeros(2, 1, 1, 7)
+    add[0, ..., 5:] = float("-inf")
+    add[1, ..., 0] = -1.5                                      # a bias, not a block
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=add)
+    torch.testing.assert_close(A.scaled_dot_product_attention(q, k, v, add)[0], ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([0, 1, 2]), torch.tensor([-1, 1, 1])])
+def test_sdpa_rejects_integer_masks_that_are_not_01(bad):
+    q = k = v = torch.randn(1, 3, 4)
+    with pytest.raises(ValueError, match=r"mask.*0 and 1"):
+        A.scaled_dot_product_attention(q, k, v, bad)
+
+
+def test_sdpa_rejects_nan_float_mask():
+    q = k = v = torch.randn(1, 3, 4)
+    with pytest.raises(ValueError, match="mask.*NaN"):
+        A.scaled_dot_product_attention(q, k, v, torch.tensor([0.0, float("nan"), 0.0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.uint8, torch.bool])
+def test_mha_integer_attn_mask_matches_torch_with_padding(dtype):
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    ours = A.MultiHeadAttention.from_torch(mha).eval()
+    x = torch.randn(2, 7, 16)
+    keep = _padded_key_mask()[:, 0]                                # [2, 1, 7]
+    # torch's bool attn_mask is True = *blocked*; ours is True = may attend.
+    torch_mask = (~keep.bool()).expand(2, 7, 7).repeat_interleave(4, dim=0)   # [B*H, T, S]
+    ref, _ = mha(x, x, x, attn_mask=torch_mask)
+    out, w = ours(x, attn_mask=keep[:, None].to(dtype))          # [2, 1, 1, 7]
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
+    assert torch.all(w[0, ..., 5:] == 0) and torch.all(w[1, ..., 3:] == 0)
+
+
+def test_mha_integer_attn_mask_combines_with_attention_mask():
+    torch.manual_seed(0)
+    ours = A.MultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 7, 16)
+    pad = torch.ones(2, 7, dtype=torch.long)
+    pad[0, 6:] = 0
+    causal = A.causal_mask(7)
+    out_int, w = ours(x, attn_mask=causal.long(), attention_mask=pad)
+    out_bool, _ = ours(x, attn_mask=causal, attention_mask=pad.bool())
+    torch.testing.assert_close(out_int, out_bool, atol=ATOL, rtol=0)
+    assert torch.all(w[0, :, :, 6] == 0)
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([[1, 1, 2]]), torch.tensor([[0.0, float("-inf"), 0.0]])])
+def test_padding_mask_rejects_values_other_than_01(bad):
+    with pytest.raises(ValueError, match=r"attention_mask.*0.*1"):
+        A.padding_mask(bad)
+
+
+def test_mha_attention_mask_must_be_a_tensor():
+    ours = A.MultiHeadAttention(8, 2)
+    with pytest.raises(TypeError, match="attention_mask"):
+        ours(torch.randn(1, 3, 8), attention_mask=[[1, 1, 0]])
