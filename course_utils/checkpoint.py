@@ -113,7 +113,8 @@ def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module,
     ``state`` must hold only tensors, numbers, strings, None, lists, tuples and dicts (so that
     :func:`load_checkpoint` can read it with ``weights_only=True``). ``keep`` (None: all) is how
     many of the newest checkpoints to leave; older ones are deleted after the new one is in
-    place. Returns the checkpoint folder.
+    place; only checkpoints that verify count, and the ones that do not are deleted with them
+    (a damaged folder must never push a good one out). Returns the checkpoint folder.
     """
     if keep is not None and (not isinstance(keep, int) or keep < 1):
         raise ValueError(f"keep must be a positive int or None, got {keep!r}")
@@ -147,9 +148,11 @@ def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if keep is not None:
-        for old in list_checkpoints(directory, verify=False)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    if keep is not None:  # keep the newest ``keep`` that verify; one that fails is never worth keeping
+        kept = set(list_checkpoints(directory, verify=True)[-keep:])
+        for old in list_checkpoints(directory, verify=False):
+            if old not in kept:
+                shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -156,3 +156,16 @@ def test_training_survives_a_crash_during_save(tmp_path: Path, monkeypatch: pyte
     restarted.fit()
     assert restarted.resumed_from.name == "step-000004"
     assert restarted.history["loss"] == full.history["loss"]
+
+
+def test_pruning_keeps_the_newest_verified_checkpoints(tmp_path: Path) -> None:
+    """Issue 28.3: a damaged checkpoint newer than the good ones must not count towards ``keep``."""
+    m = Tied()
+    for step in (1, 2):
+        ckpt.save_checkpoint(tmp_path, step, m, _state(step))
+    damaged = ckpt.save_checkpoint(tmp_path, 3, m, _state(3))
+    (damaged / ckpt.MODEL_FILE).write_bytes(b"half-written")
+    with pytest.warns(UserWarning, match="invalid checkpoint"):
+        ckpt.save_checkpoint(tmp_path, 4, m, _state(4), keep=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000002", "step-000004"]
+    assert not damaged.exists(), "a checkpoint that cannot be loaded is pruned, not kept"
