@@ -1,8 +1,12 @@
 """Seeing attention: matplotlib heatmaps, an offline HTML/SVG view and an ipywidgets explorer.
 
-bertviz draws beautiful views, but it loads require.js, d3 and jQuery from a CDN, so offline it
-shows nothing. :func:`attention_view` needs no network: it returns plain HTML with inline SVG and
-a few CSS rules (no scripts). Its DOM is stable for tests and for readers' own styling:
+bertviz draws beautiful views, but it loads require.js, d3 and jQuery from a CDN, so offline (and
+in JupyterLab 4, which has no require.js) it shows "Javascript Error: require is not defined".
+:func:`bertviz_head_view` and :func:`bertviz_model_view` draw bertviz's own views with no network:
+they inline d3 and jQuery, shipped with this package in ``course_utils/static/`` (checked against
+their sha256), and run bertviz's script without require.js.
+:func:`attention_view` needs no script at all: it returns plain HTML with inline SVG and
+a few CSS rules. Its DOM is stable for tests and for readers' own styling:
 
 * ``div.cu-attn-view`` (``data-layers``, ``data-heads``, ``data-tokens``) holds everything;
 * ``svg.cu-attn-lines``: bertviz-like lines from each query token (left) to the keys (right),
@@ -14,9 +18,13 @@ Defined in chapter 3, Attention math.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import html
+import importlib.resources
 import itertools
 import math
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,7 +33,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["stack_attentions", "apply_temperature", "prettify_tokens", "model_attentions",
-           "attention_view_html", "attention_view", "plot_attention", "attention_explorer"]
+           "attention_view_html", "attention_view", "plot_attention", "attention_explorer",
+           "vendored_js", "bertviz_view_html", "bertviz_head_view", "bertviz_model_view"]
 
 HEAD_COLORS: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
                                 "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939")
@@ -230,7 +239,7 @@ def attention_view_html(tokens: Sequence[str], attentions: Any, layer: int | Non
     where = "all layers" if layer is None else f"layer {layer}"
     caption = title or f"Attention, {where}, {'all heads' if head is None else f'head {head}'}"
     if temperature != 1:
-        caption += f" (temperature {temperature:g})"
+        caption += f" (temperature {temperature:.2f})"   # as the explorer's slider shows it
     return (f'{_CSS}<div class="cu-attn-view" id="{view_id}" data-layers="{n_layers}" data-heads="{n_heads}" '
             f'data-tokens="{t_k}"><div><b>{html.escape(caption)}</b> &middot; left: queries, right: keys; '
             f"heatmap rows = queries, columns = keys</div>{''.join(body)}</div>")
@@ -251,6 +260,121 @@ def attention_view(tokens: Sequence[str], attentions: Any, layer: int | None = N
     from IPython.display import HTML
 
     return HTML(attention_view_html(tokens, attentions, layer, head, **kwargs))
+
+
+# --------------------------------------------------------------------------- bertviz, offline
+# The JavaScript bertviz needs, shipped in course_utils/static/ (see its README.md for sources and
+# licences). The sha256 of each file is checked before it is inlined into an output.
+_VENDORED_JS: dict[str, str] = {
+    "d3-5.7.0.min.js": "bdad5585ef9a965ff25458738309b006058c55f2c78d794d25fbecae35014609",
+    "jquery-3.7.1.min.js": "fc9a93dd241f6b045cbff0481cf4e1901becd0e12fb45166a8f17f95823f0b1a",
+}
+_REQUIRE_TAG = re.compile(r'<script src="[^"]*require(?:\.min)?\.js"></script>')
+_INLINE_SCRIPT = re.compile(r'<script type="text/javascript">(.*)</script>', re.S)
+_REQUIRE_CONFIG = re.compile(r"require\.config\(\{.*?\}\);", re.S)
+_REQUIRE_CALL = re.compile(r"requirejs\(\s*\[\s*'jquery'\s*,\s*'d3'\s*\]\s*,\s*function\s*\(\s*\$\s*,\s*d3\s*\)\s*\{")
+
+
+@functools.lru_cache(maxsize=None)
+def vendored_js(name: str) -> str:
+    """The text of a JavaScript file shipped in ``course_utils/static/``, after checking its sha256.
+
+    Raises ``ValueError`` for a name not shipped and ``RuntimeError`` when the file is missing or
+    its content differs from the recorded checksum (a damaged or edited install).
+    """
+    if name not in _VENDORED_JS:
+        raise ValueError(f"name must be one of {sorted(_VENDORED_JS)}, got {name!r}")
+    try:
+        data = importlib.resources.files("course_utils").joinpath("static", name).read_bytes()
+    except FileNotFoundError:
+        raise RuntimeError(f"course_utils/static/{name} is missing from this install: reinstall the "
+                           "course package (pip install -e .)") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != _VENDORED_JS[name]:
+        raise RuntimeError(f"course_utils/static/{name} has sha256 {digest}, expected {_VENDORED_JS[name]}")
+    text = data.decode("utf-8")
+    if "</script" in text.lower():   # would end the inline <script> element early
+        text = re.sub(r"</(script)", r"<\\/\1", text, flags=re.I)
+    return text
+
+
+def _offline_bertviz_script(js: str) -> str:
+    """bertviz's view script with require.js taken out: the body runs with inlined jQuery and d3.
+
+    The libraries are evaluated inside a function as CommonJS modules, so they set no globals and
+    do not touch an AMD ``define`` the page may have.
+    """
+    if not _REQUIRE_CALL.search(js) or not js.rstrip().endswith("});"):
+        raise RuntimeError("this bertviz version's script has an unexpected shape (requirejs(['jquery', 'd3'], "
+                           "function ($, d3) {...}) expected); the offline views support bertviz 1.4")
+    body = _REQUIRE_CALL.sub("(function ($, d3) {", _REQUIRE_CONFIG.sub("", js), count=1)
+    body = body.rstrip()[:-3] + "})(__cu_jq, __cu_d3);"
+    cjs = ("function __cu_cjs(factory) { var m = {exports: {}}; factory.call(m.exports, m, m.exports, undefined); "
+           "return m.exports; }\n")
+    d3 = f"var __cu_d3 = __cu_cjs(function (module, exports, define) {{\n{vendored_js('d3-5.7.0.min.js')}\n}});\n"
+    jq = f"var __cu_jq = __cu_cjs(function (module, exports, define) {{\n{vendored_js('jquery-3.7.1.min.js')}\n}});\n"
+    return f"(function () {{\n{cjs}{d3}{jq}{body}\n}})();"
+
+
+def bertviz_view_html(kind: str, attention: Any, tokens: Sequence[str], **kwargs: Any) -> str:
+    """The HTML of bertviz's ``"head"`` or ``"model"`` view, self-contained (no network, no require.js).
+
+    ``attention`` is what bertviz takes (a tuple of per-layer ``[1, H, T, T]`` tensors, as
+    :func:`model_attentions` returns); ``kwargs`` go to ``bertviz.head_view`` / ``model_view``
+    (``layer``, ``heads``, ``include_layers``, ``include_heads``, ``sentence_b_start``, ...). The
+    result is wrapped in ``div.cu-bertviz[data-view=kind]``; bertviz's script draws its SVG inside.
+
+    Defined in chapter 3, Attention math.
+    """
+    if kind not in ("head", "model"):
+        raise ValueError(f"kind must be 'head' or 'model', got {kind!r}")
+    if isinstance(tokens, str) or not all(isinstance(t, str) for t in tokens):
+        raise TypeError("tokens must be a list of strings")
+    import bertviz
+
+    view = bertviz.head_view if kind == "head" else bertviz.model_view
+    if isinstance(attention, Tensor):   # bertviz wants one [1, H, T, T] tensor per layer
+        attention = tuple(stack_attentions(attention)[:, None])
+    page = view(attention, list(tokens), html_action="return", **kwargs).data
+    page = _REQUIRE_TAG.sub("", page)
+    match = _INLINE_SCRIPT.search(page)
+    if match is None:
+        raise RuntimeError("bertviz returned no inline script; the offline views support bertviz 1.4")
+    script = _offline_bertviz_script(match.group(1))
+    page = page[:match.start()] + f'<script type="text/javascript">\n{script}\n</script>' + page[match.end():]
+    return f'<div class="cu-bertviz" data-view="{kind}">{page}</div>'
+
+
+def bertviz_head_view(attention: Any, tokens: Sequence[str], **kwargs: Any) -> Any:
+    """bertviz's head view as a self-contained ``IPython.display.HTML`` that works offline.
+
+    Same arguments as ``bertviz.head_view`` (see :func:`bertviz_view_html`). Without bertviz
+    installed it returns a one-line note instead of failing.
+
+    Defined in chapter 3, Attention math.
+    """
+    return _bertviz_display("head", attention, tokens, **kwargs)
+
+
+def bertviz_model_view(attention: Any, tokens: Sequence[str], **kwargs: Any) -> Any:
+    """bertviz's model view (every layer × head) as a self-contained ``IPython.display.HTML``.
+
+    Same arguments as ``bertviz.model_view``; see :func:`bertviz_head_view`.
+
+    Defined in chapter 3, Attention math.
+    """
+    return _bertviz_display("model", attention, tokens, **kwargs)
+
+
+def _bertviz_display(kind: str, attention: Any, tokens: Sequence[str], **kwargs: Any) -> Any:
+    from IPython.display import HTML
+
+    try:
+        import bertviz  # noqa: F401
+    except ImportError:
+        return HTML("<p>bertviz is not installed (<code>pip install bertviz</code>); "
+                    "<code>viz.attention_view</code> draws the same weights without it.</p>")
+    return HTML(bertviz_view_html(kind, attention, tokens, **kwargs))
 
 
 # --------------------------------------------------------------------------- matplotlib
@@ -342,7 +466,8 @@ def attention_explorer(sentences: Sequence[str], model: Any = None, tokenizer: A
         "head": widgets.Dropdown(options=[("all", -1)] + [(str(h), h) for h in range(n_heads)], value=-1,
                                  description="head"),
         "temperature": widgets.FloatLogSlider(value=1.0, base=10, min=-1, max=1, step=0.05,
-                                              description="temperature", readout_format=".2f"),
+                                              description="temperature", readout_format=".2f",
+                                              style={"description_width": "initial"}),   # label in full
     }
     stats = widgets.HTML()
     view = widgets.HTML()

@@ -154,3 +154,82 @@ def test_model_attentions_with_a_fake_hf_model():
     assert toks == ["t0", "t1", "t2"] and att[0].shape == (1, 2, 3, 3)
     with pytest.raises(RuntimeError, match="eager"):
         viz.model_attentions(Model(False), Tok(), "hi")
+
+
+def test_explorer_label_and_caption_match_the_slider():
+    box = viz.attention_explorer(["one sentence"], attention_fn=lambda s: (["a", "b"], fake_attentions(t=2)))
+    tau = box.controls["temperature"]
+    assert tau.style.description_width == "initial", "the 'temperature' label must not be cut short"
+    tau.value = 0.223872
+    assert "temperature 0.22)" in box.view.value and "0.223872" not in box.view.value
+
+
+# ------------------------------------------------------------------ bertviz, offline
+def test_vendored_js_matches_recorded_checksums():
+    from importlib.resources import files
+
+    static = files("course_utils").joinpath("static")
+    sums = dict(line.split()[::-1] for line in static.joinpath("SHA256SUMS").read_text().splitlines())
+    assert sums == viz._VENDORED_JS, "SHA256SUMS and viz._VENDORED_JS must list the same files and hashes"
+    for name in viz._VENDORED_JS:
+        text = viz.vendored_js(name)
+        assert len(text) > 50_000 and "</script" not in text.lower()
+    for lic in ("LICENSE-d3.txt", "LICENSE-jquery.txt"):
+        assert static.joinpath(lic).read_text().strip(), f"{lic} must ship beside the code it licenses"
+    with pytest.raises(ValueError, match="name must be one of"):
+        viz.vendored_js("require.js")
+
+
+def test_vendored_js_refuses_a_changed_file(monkeypatch):
+    viz.vendored_js.cache_clear()
+    monkeypatch.setitem(viz._VENDORED_JS, "d3-5.7.0.min.js", "0" * 64)
+    try:
+        with pytest.raises(RuntimeError, match="sha256"):
+            viz.vendored_js("d3-5.7.0.min.js")
+    finally:
+        viz.vendored_js.cache_clear()
+
+
+@pytest.mark.parametrize("kind", ["head", "model"])
+def test_bertviz_views_are_self_contained(kind):
+    pytest.importorskip("bertviz")
+    att = fake_attentions(n_layers=2, n_heads=3, t=6)
+    page = viz.bertviz_view_html(kind, att, TOKENS)
+    assert page.startswith(f'<div class="cu-bertviz" data-view="{kind}">')
+    for remote in ("cdnjs", "src=\"http", "require.config", "requirejs(", "require.min.js"):
+        assert remote not in page, f"the offline view still names {remote!r}"
+    assert page.count('<script type="text/javascript">') == 1 and page.count("</script>") == 1
+    assert viz.vendored_js("d3-5.7.0.min.js") in page and viz.vendored_js("jquery-3.7.1.min.js") in page
+    assert "(function ($, d3) {" in page and re.search(r"\}\)\(__cu_jq, __cu_d3\);\s*\}\)\(\);\s*</script>\s*</div>$", page)
+    assert '"Ġcat"' not in page, "bertviz's prettify_tokens ran (Ġ removed)"
+    # a stacked [L, H, T, T] tensor is accepted too and gives the same weights
+    same = viz.bertviz_view_html(kind, viz.stack_attentions(att), TOKENS)
+    strip_ids = lambda s: re.sub(r"bertviz-[0-9a-f]{32}", "ID", s)  # noqa: E731
+    assert strip_ids(same) == strip_ids(page)
+
+
+def test_bertviz_script_is_valid_javascript(tmp_path):
+    """``node --check`` parses the generated script (skipped where Node.js is not installed;
+    the browser test draws it for real)."""
+    import shutil
+    import subprocess
+
+    pytest.importorskip("bertviz")
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("Node.js not installed")
+    page = viz.bertviz_view_html("head", fake_attentions(), TOKENS)
+    script = re.search(r'<script type="text/javascript">(.*)</script>', page, re.S).group(1)
+    (tmp_path / "view.js").write_text(script)
+    done = subprocess.run([node, "--check", str(tmp_path / "view.js")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_bertviz_views_reject_bad_input():
+    pytest.importorskip("bertviz")
+    with pytest.raises(ValueError, match="kind"):
+        viz.bertviz_view_html("neuron", fake_attentions(), TOKENS)
+    with pytest.raises(TypeError, match="tokens"):
+        viz.bertviz_view_html("head", fake_attentions(), "the cat")
+    html_obj = viz.bertviz_head_view(fake_attentions(), TOKENS)
+    assert "cu-bertviz" in html_obj.data and "cu-bertviz" in viz.bertviz_model_view(fake_attentions(), TOKENS).data
