@@ -35,6 +35,23 @@ _HISTORY_KEYS = ("step", "loss", "lr", "grad_norm", "eval_step", "train_loss", "
 _RESUME_KEYS = ("max_steps", "lr", "warmup_steps", "min_lr", "batch_size", "grad_accum_steps", "seed")
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; raised before the optimizer step, so the model
+    keeps the last good step's weights. ``step`` is the 1-based step that failed, ``checkpoint``
+    the newest valid checkpoint (or None). Defined in chapter 5, Pretraining."""
+
+    def __init__(self, message: str, step: int, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+
+def _finite_number(name: str, v: object) -> float:
+    """``v`` as a float if it is a real, finite number (not a bool); else a ValueError naming ``name``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    return float(v)
+
+
 class BatchSource(Protocol):
     """A sampler: ``next_batch()``, ``eval_batches(n)``, ``state_dict()``, ``load_state_dict(s)``."""
 
@@ -99,19 +116,20 @@ class TrainConfig:
         positive_int("warmup_steps", 0), positive_int("seed", 0)
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed max_steps ({self.max_steps})")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        if not _finite_number("TrainConfig.lr", self.lr) > 0:
+            raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
         if self.min_lr is None:
             self.min_lr = self.lr / 10
-        if not 0 <= self.min_lr <= self.lr:
+        if not 0 <= _finite_number("TrainConfig.min_lr", self.min_lr) <= self.lr:
             raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr!r}")
-        if not self.weight_decay >= 0:
+        if not _finite_number("TrainConfig.weight_decay", self.weight_decay) >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        if (not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2
+                or not all(0 <= _finite_number("TrainConfig.betas", b) < 1 for b in self.betas)):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0 or None (no clipping), got {self.grad_clip!r}")
+        if self.grad_clip is not None and not _finite_number("TrainConfig.grad_clip", self.grad_clip) > 0:
+            raise ValueError(f"grad_clip must be a finite number > 0 or None (no clipping), got {self.grad_clip!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.checkpoint_interval is not None:
@@ -135,7 +153,7 @@ def get_lr(step: int, *, max_lr: float, warmup_steps: int, max_steps: int, min_l
     if step < 0 or warmup_steps < 0 or max_steps < 1 or warmup_steps > max_steps:
         raise ValueError(f"need step >= 0 and 0 <= warmup_steps <= max_steps >= 1, got "
                          f"step={step}, warmup_steps={warmup_steps}, max_steps={max_steps}")
-    if not 0 <= min_lr <= max_lr:
+    if not 0 <= _finite_number("min_lr", min_lr) <= _finite_number("max_lr", max_lr):
         raise ValueError(f"need 0 <= min_lr <= max_lr, got min_lr={min_lr}, max_lr={max_lr}")
     if step < warmup_steps:
         return max_lr * (step + 1) / (warmup_steps + 1)
@@ -155,7 +173,7 @@ def configure_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not lr > 0 or weight_decay < 0:
+    if not _finite_number("lr", lr) > 0 or not _finite_number("weight_decay", weight_decay) >= 0:
         raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
     params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
     if not params:
@@ -384,17 +402,31 @@ class Trainer:
                     loss = self.loss_fn(self.model, batch) / c.grad_accum_steps
                 acc.backward(loss)
             total += loss.detach().float()
+        value = acc.reduce(total, reduction="mean").item() if acc.num_processes > 1 else total.item()
+        if not math.isfinite(value):  # stop before the optimizer spreads NaN into every weight
+            self.optimizer.zero_grad(set_to_none=True)
+            self._raise_non_finite(value)
         if c.grad_clip is not None:  # the norm before clipping is recorded (spikes show there)
             norm = acc.clip_grad_norm_(self.model.parameters(), c.grad_clip)
             self.history["grad_norm"].append(float(norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        value = acc.reduce(total, reduction="mean").item() if acc.num_processes > 1 else total.item()
         self.history["step"].append(self.step + 1)
         self.history["loss"].append(value)
         self.history["lr"].append(lr)
         return value
 
+    def _raise_non_finite(self, value: float) -> None:
+        c = self.config
+        good = ckpt.latest_checkpoint(c.checkpoint_dir) if c.checkpoint_dir is not None else None
+        where = (f"the last good checkpoint is {good} (fit() resumes from it)" if good is not None else
+                 "no checkpoint was saved (set TrainConfig.checkpoint_dir and checkpoint_interval to keep one)")
+        raise NonFiniteLossError(
+            f"training loss is {value} at step {self.step + 1}: stopped before the optimizer step, so the "
+            f"model keeps step {self.step}'s weights; {where}. Common causes: lr too high (now {c.lr:g}), "
+            "no grad_clip, fp16 overflow (try mixed_precision='no' or 'bf16'), or NaN/inf in the data.",
+            step=self.step + 1, checkpoint=good)
 
-__all__ = ["TrainConfig", "TrainEvent", "Trainer", "BatchSource", "get_lr", "configure_optimizer", "default_loss", "make_accelerator"]
+
+__all__ = ["TrainConfig", "TrainEvent", "Trainer", "NonFiniteLossError", "BatchSource", "get_lr", "configure_optimizer", "default_loss", "make_accelerator"]
