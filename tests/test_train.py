@@ -243,3 +243,81 @@ def test_bf16_autocast_trains_on_cpu() -> None:
     tr.fit()
     assert all(math.isfinite(v) for v in tr.history["loss"])
     make_accelerator("no", device="cpu")  # leave the shared state as other tests expect
+
+
+# ------------------------------------------------------------------ issue 28, item 9: refuse what cannot train
+class NaNAfter(TinyLM):
+    """TinyLM whose training loss becomes NaN from its ``n``-th training forward on."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.calls = n, 0
+
+    def forward(self, idx, targets=None):
+        logits, loss = super().forward(idx, targets)
+        if self.training:
+            self.calls += 1
+            if self.calls >= self.n and loss is not None:
+                loss = loss * float("nan")
+        return logits, loss
+
+
+def test_non_finite_loss_stops_with_step_and_last_good_checkpoint(tmp_path: Path) -> None:
+    from course_utils.train import NonFiniteLossError
+
+    torch.manual_seed(0)
+    model = NaNAfter(5)
+    cfg = TrainConfig(max_steps=12, lr=3e-2, warmup_steps=3, eval_interval=4, eval_iters=2, batch_size=4,
+                      checkpoint_dir=tmp_path, checkpoint_interval=2, progress=False, mixed_precision="no")
+    tr = Trainer(model, cfg, RandomBlockSampler(_data(), BLOCK, 4, seed=1))
+    with pytest.raises(NonFiniteLossError, match=r"step 5\b.*step-000004") as err:
+        tr.fit()
+    assert isinstance(err.value, FloatingPointError) and err.value.step == 5
+    assert err.value.checkpoint == tmp_path / "step-000004"
+    assert tr.step == 4 and len(tr.history["loss"]) == 4          # the bad step is not recorded
+    assert all(torch.isfinite(p).all() for p in tr.unwrapped_model.parameters()), \
+        "the optimizer stepped on NaN gradients"
+
+
+def test_non_finite_loss_without_checkpoints_says_so() -> None:
+    from course_utils.train import NonFiniteLossError
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(max_steps=6, warmup_steps=0, eval_interval=6, eval_iters=1, batch_size=4,
+                      progress=False, mixed_precision="no")
+    tr = Trainer(NaNAfter(2), cfg, RandomBlockSampler(_data(), BLOCK, 4, seed=1))
+    with pytest.raises(NonFiniteLossError, match=r"step 2\b.*no checkpoint") as err:
+        tr.fit()
+    assert err.value.checkpoint is None
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(lr=float("inf")), "lr"),
+    (dict(lr=float("nan")), "lr"),
+    (dict(lr=True), "lr"),
+    (dict(lr="1e-3"), "lr"),
+    (dict(min_lr=float("nan")), "min_lr"),
+    (dict(weight_decay=float("inf")), "weight_decay"),
+    (dict(weight_decay=float("nan")), "weight_decay"),
+    (dict(grad_clip=float("inf")), "grad_clip"),
+    (dict(max_steps=-5), "max_steps"),
+    (dict(warmup_steps=-1), "warmup_steps"),
+    (dict(betas=(0.9,)), "betas"),
+    (dict(betas=(float("nan"), 0.9)), "betas"),
+    (dict(keep_checkpoints=0), "keep_checkpoints"),
+])
+def test_bad_config_non_finite_and_negative(kw: dict, match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        TrainConfig(**kw)
+
+
+def test_configure_optimizer_refuses_non_finite_lr() -> None:
+    with pytest.raises(ValueError, match="lr"):
+        configure_optimizer(TinyLM(), float("inf"), 0.1)
+    with pytest.raises(ValueError, match="lr"):
+        configure_optimizer(TinyLM(), float("nan"), 0.1)
+
+
+def test_get_lr_refuses_non_finite_rates() -> None:
+    with pytest.raises(ValueError, match="max_lr"):
+        get_lr(0, max_lr=float("inf"), warmup_steps=0, max_steps=10, min_lr=0.0)
