@@ -2,8 +2,11 @@
 
 * :func:`chat_generate` — one reply of a chat model (SmolLM2) to a list of messages, through the
   model's own chat template;
+* :func:`chat_stream` — the same reply, yielded piece by piece as it is generated
+  (``transformers.TextIteratorStreamer``);
 * :class:`ChatSession` — keeps a conversation and trims it to a token budget (the system prompt
-  and the latest turns stay); :class:`ChatWidget` — an ipywidgets chat box around a session;
+  and the latest turns stay); :class:`ChatWidget` — an ipywidgets chat box around a session
+  (Enter sends, the message shows at once, "thinking…" until the first token, the reply streams in);
 * :func:`summarize` — a summary by instruction;
 * translation with an encoder–decoder: :func:`number_to_words` generates exact-answer data
   ("three hundred and forty-two" → "342"), :class:`NumberTask` turns it into tensors, and
@@ -16,8 +19,9 @@ from __future__ import annotations
 
 import html
 import random
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -52,13 +56,58 @@ def chat_generate(model: Any, tokenizer: Any, messages: Sequence[Message], max_n
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     ids = chat_prompt_ids(tokenizer, messages).to(next(model.parameters()).device)
+    kwargs = _generate_kwargs(tokenizer, max_new_tokens, do_sample, temperature, top_p, repetition_penalty)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def _generate_kwargs(tokenizer: Any, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
+                     repetition_penalty: float) -> dict[str, Any]:
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
                                   repetition_penalty=repetition_penalty,
                                   pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p)
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    return kwargs
+
+
+def chat_stream(model: Any, tokenizer: Any, messages: Sequence[Message], max_new_tokens: int = 80,
+                do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9,
+                repetition_penalty: float = 1.1) -> Iterator[str]:
+    """Yield the assistant's reply to ``messages`` in pieces as the model generates them.
+
+    ``model.generate`` runs in a background thread and feeds a ``transformers.TextIteratorStreamer``
+    (prompt and special tokens skipped); joined, the pieces are :func:`chat_generate`'s text before
+    its ``strip()``. An exception in generation is raised here, after the pieces produced so far.
+    Defined in chapter 8, Applications.
+    """
+    from transformers import TextIteratorStreamer
+
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    ids = chat_prompt_ids(tokenizer, messages).to(next(model.parameters()).device)
+    kwargs = _generate_kwargs(tokenizer, max_new_tokens, do_sample, temperature, top_p, repetition_penalty)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with torch.no_grad():
+                model.generate(ids, attention_mask=torch.ones_like(ids), streamer=streamer, **kwargs)
+        except BaseException as exc:  # handed to the reader below, which would otherwise wait forever
+            failure.append(exc)
+            streamer.end()
+
+    thread = threading.Thread(target=work, name="chat_stream", daemon=True)
+    thread.start()
+    for piece in streamer:
+        if piece:
+            yield piece
+    thread.join()
+    if failure:
+        raise failure[0]
 
 
 @dataclass
@@ -119,6 +168,29 @@ class ChatSession:
         self.add("assistant", reply)
         return reply
 
+    def stream(self, text: str) -> Iterator[str]:
+        """Like :meth:`send`, but yield the reply in pieces as it is generated; the user's message
+        is in :attr:`history` before the first piece, the whole reply (stripped) after the last."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("the message must be a non-empty string")
+        self.add("user", text.strip())
+        yield from self.stream_reply()
+
+    def stream_reply(self) -> Iterator[str]:
+        """Generate the reply to the conversation so far (it must end with a user message), yield
+        it in pieces, and keep it (stripped) in :attr:`history` once it is complete."""
+        if not self.history or self.history[-1]["role"] != "user":
+            raise ValueError("the conversation must end with a user message to reply to")
+        pieces: list[str] = []
+        for piece in chat_stream(self.model, self.tokenizer, self.context(), max_new_tokens=self.max_new_tokens):
+            pieces.append(piece)
+            yield piece
+        self.add("assistant", "".join(pieces).strip())
+
+    def clear(self) -> None:
+        """Forget the conversation (the system prompt stays)."""
+        self.history.clear()
+
 
 def summarize(text: str, model: Any, tokenizer: Any, max_words: int = 40, max_new_tokens: int = 80) -> str:
     """A summary of ``text`` in about ``max_words`` words, written by an instruction-tuned model.
@@ -140,11 +212,16 @@ def summarize(text: str, model: Any, tokenizer: Any, max_words: int = 40, max_ne
 
 
 class ChatWidget:
-    """An ipywidgets chat box (Text + Button + HTML transcript) around a :class:`ChatSession`.
+    """An ipywidgets chat box around a :class:`ChatSession`: transcript, text field, Send, Clear.
 
-    ``display(widget.box)`` shows it in JupyterLab; :meth:`on_send` is the button's handler, so a
-    headless run can call it directly. Defined in chapter 8, Applications.
+    It behaves like a chat: Enter (or Send) sends; the message shows at once with a
+    "thinking…" bubble; the reply streams in token by token (:meth:`ChatSession.stream`); Send and
+    the text field are disabled while the model generates; Clear forgets the conversation.
+    ``display(widget.box)`` shows it; :meth:`on_send` is what Enter and Send call, so a headless
+    run can call it directly. Defined in chapter 8, Applications.
     """
+
+    THINKING = "thinking…"
 
     def __init__(self, session: ChatSession):
         import ipywidgets as widgets
@@ -152,36 +229,80 @@ class ChatWidget:
         if not isinstance(session, ChatSession):
             raise TypeError(f"session must be a ChatSession, got {type(session).__name__}")
         self.session = session
-        self.text = widgets.Text(placeholder="Type a message, then press Send",
+        self._busy = False
+        self.text = widgets.Text(placeholder="Type a message and press Enter",
                                  layout=widgets.Layout(width="70%"))
-        self.button = widgets.Button(description="Send", button_style="primary")
+        self.button = widgets.Button(description="Send", button_style="primary", tooltip="send (Enter)")
+        self.clear_button = widgets.Button(description="Clear", tooltip="forget the conversation")
+        self.status = widgets.HTML(value="")
         self.transcript = widgets.HTML(value=self.render())
         self.button.on_click(self.on_send)
-        self.box = widgets.VBox([self.transcript, widgets.HBox([self.text, self.button])])
-        self._busy = False
+        self.clear_button.on_click(self.on_clear)
+        self.text.on_msg(self._on_text_msg)   # Enter: the front end sends {"event": "submit"}
+        self.box = widgets.VBox([self.transcript, widgets.HBox([self.text, self.button, self.clear_button]),
+                                 self.status])
+        self.box.add_class("cu-chat")
 
-    def render(self) -> str:
-        """The transcript as HTML (user on the right, assistant on the left, text escaped)."""
-        rows = []
-        for m in self.session.history:
-            who, align, color = (("you", "right", "#e3f2fd") if m["role"] == "user"
-                                 else ("assistant", "left", "#f1f8e9"))
-            rows.append(f'<div style="text-align:{align};margin:4px"><span style="background:{color};'
-                        f'padding:4px 8px;border-radius:8px;display:inline-block;max-width:80%">'
-                        f"<b>{who}:</b> {html.escape(m['content'])}</span></div>")
-        return "<div>" + ("".join(rows) or "<i>(no messages yet)</i>") + "</div>"
+    @property
+    def busy(self) -> bool:
+        """True while a reply is being generated."""
+        return self._busy
+
+    @staticmethod
+    def _bubble(who: str, text_html: str) -> str:
+        align, color = ("right", "#e3f2fd") if who == "you" else ("left", "#f1f8e9")
+        return (f'<div class="cu-chat-{"user" if who == "you" else "assistant"}" style="text-align:{align};margin:4px">'
+                f'<span style="background:{color};padding:4px 8px;border-radius:8px;display:inline-block;'
+                f'max-width:80%;white-space:pre-wrap"><b>{who}:</b> {text_html}</span></div>')
+
+    def render(self, pending: str | None = None) -> str:
+        """The transcript as HTML (user on the right, assistant on the left, text escaped).
+
+        ``pending``: the reply being generated (``""``: not started, shown as "thinking…")."""
+        rows = [self._bubble("you" if m["role"] == "user" else "assistant", html.escape(m["content"]))
+                for m in self.session.history]
+        if pending is not None:
+            rows.append(self._bubble("assistant", f"{html.escape(pending)}▌" if pending
+                                     else f'<i class="cu-chat-thinking">{self.THINKING}</i>'))
+        return '<div class="cu-chat-transcript">' + ("".join(rows) or "<i>(no messages yet)</i>") + "</div>"
+
+    def _set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        self.button.disabled = self.text.disabled = self.clear_button.disabled = busy
+        self.status.value = f"<i>{self.THINKING}</i>" if busy else ""
+
+    def _on_text_msg(self, _widget: Any, content: dict, _buffers: Any) -> None:
+        if isinstance(content, dict) and content.get("event") == "submit":
+            self.on_send()
 
     def on_send(self, _button: Any = None) -> None:
+        """Send the text field's message (nothing when it is empty or a reply is being generated)."""
         message = self.text.value.strip()
         if not message or self._busy:
             return
-        self._busy = True
+        self._set_busy(True)
+        self.text.value = ""
+        self.session.add("user", message)
+        self.transcript.value = self.render(pending="")   # the message at once, then "thinking…"
+        pending, error = "", ""
         try:
-            self.text.value = ""
-            self.session.send(message)
-            self.transcript.value = self.render()
+            for piece in self.session.stream_reply():
+                pending += piece
+                self.transcript.value = self.render(pending=pending)
+        except Exception as exc:  # shown in the box: a callback's exception would go to the log only
+            error = f"{type(exc).__name__}: {exc}"
         finally:
-            self._busy = False
+            self._set_busy(False)
+            self.transcript.value = self.render()
+            if error:
+                self.status.value = f'<span class="cu-chat-error" style="color:#b00">no reply: {html.escape(error)}</span>'
+
+    def on_clear(self, _button: Any = None) -> None:
+        """Forget the conversation and empty the transcript (ignored while busy)."""
+        if self._busy:
+            return
+        self.session.clear()
+        self.transcript.value = self.render()
 
 
 # ------------------------------------------------------------------ translation: words → digits

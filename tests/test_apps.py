@@ -1,7 +1,10 @@
 """Tests of course_utils.apps: chat generation, ChatSession trimming, summarize, the chat widget."""
 from __future__ import annotations
 
+import html
+
 import pytest
+import torch
 
 from course_utils import apps
 from course_utils.apps import ChatSession, ChatWidget
@@ -90,8 +93,72 @@ def test_real_session_widget_and_summary(smollm2) -> None:
     ctx = session.context()
     assert ctx[0]["role"] == "system" and ctx[-1] == session.history[-1]
     assert session.n_tokens(ctx) <= 40 or len(ctx) == 2
+    widget.on_clear(widget.clear_button)
+    assert session.history == [] and "no messages yet" in widget.transcript.value
     summary = apps.summarize("The cat sat on the mat all day. It did not move.", model, tokenizer,
                              max_words=5, max_new_tokens=4)
     assert isinstance(summary, str) and summary
     with pytest.raises(TypeError, match="ChatSession"):
         ChatWidget("not a session")  # type: ignore[arg-type]
+
+
+def test_chat_stream_yields_the_generated_reply(smollm2) -> None:
+    """Streamed pieces, joined, are the greedy reply of chat_generate (same tokens, same text)."""
+    model, tokenizer = smollm2
+    messages = [{"role": "user", "content": "Name three colours."}]
+    pieces = list(apps.chat_stream(model, tokenizer, messages, max_new_tokens=12))
+    assert len(pieces) >= 2, f"a reply of 12 tokens should arrive in several pieces, got {pieces!r}"
+    assert "".join(pieces).strip() == apps.chat_generate(model, tokenizer, messages, max_new_tokens=12)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        next(apps.chat_stream(model, tokenizer, messages, max_new_tokens=0))
+
+
+def _submit(text_widget) -> None:
+    """What the browser sends when Enter is pressed in an ipywidgets Text."""
+    text_widget._handle_msg({"content": {"data": {"method": "custom", "content": {"event": "submit"}}},
+                             "buffers": []})
+
+
+def test_widget_enter_sends_shows_message_at_once_and_streams(smollm2) -> None:
+    model, tokenizer = smollm2
+    session = ChatSession(model, tokenizer, max_context_tokens=200, max_new_tokens=10)
+    widget = ChatWidget(session)
+    seen: list[tuple[str, bool, bool, str]] = []   # transcript, Send disabled, field disabled, status
+    widget.transcript.observe(lambda ch: seen.append((ch["new"], widget.button.disabled, widget.text.disabled,
+                                                      widget.status.value)), names="value")
+    widget.text.value = "What is the capital of France?"
+    _submit(widget.text)   # Enter
+    assert [m["role"] for m in session.history] == ["user", "assistant"]
+    first = seen[0]
+    assert "capital of France" in first[0] and ChatWidget.THINKING in first[0], \
+        "the user's message and the thinking state show before any token"
+    assert first[1] and first[2] and ChatWidget.THINKING in first[3], "Send and the field are disabled while busy"
+    streamed = [t for t, *_ in seen[1:-1]]
+    assert len(streamed) >= 2 and all("▌" in t for t in streamed), "the reply grows token by token"
+    assert all(b and f for _, b, f, _ in seen[:-1])
+    assert not widget.button.disabled and not widget.text.disabled and not widget.busy and widget.status.value == ""
+    assert html.escape(session.history[1]["content"]) in widget.transcript.value and "▌" not in widget.transcript.value
+    _submit(widget.text)   # Enter on an empty field sends nothing
+    assert len(session.history) == 2
+
+
+class _BrokenModel(torch.nn.Linear):
+    def __init__(self) -> None:
+        super().__init__(1, 1)
+
+    def generate(self, *args, **kwargs):
+        raise RuntimeError("out of memory (pretend)")
+
+
+def test_widget_shows_a_failed_generation_and_recovers(smollm2) -> None:
+    _, tokenizer = smollm2
+    session = ChatSession(_BrokenModel(), tokenizer, max_context_tokens=200, max_new_tokens=4)
+    with pytest.raises(RuntimeError, match="pretend"):
+        list(apps.chat_stream(session.model, tokenizer, [{"role": "user", "content": "hi"}], max_new_tokens=4))
+    widget = ChatWidget(session)
+    widget.text.value = "hello"
+    widget.on_send()
+    assert "no reply: RuntimeError: out of memory (pretend)" in widget.status.value
+    assert not widget.busy and not widget.button.disabled and "hello" in widget.transcript.value
+    with pytest.raises(ValueError, match="end with a user message"):
+        next(ChatSession(None, None).stream_reply())
