@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import apply_rope, rope_cos_sin
+from ..attention import apply_rope, padding_mask, rope_cos_sin
+from .gpt import check_class_ids
 from .io import load_checkpoint, save_checkpoint
 
 IGNORE_INDEX = -100
@@ -225,7 +226,7 @@ class BertModel(_BertBase):
         if self.position_embeddings is not None:
             x = x + self.position_embeddings(torch.arange(T, device=input_ids.device))
         x = self.drop(self.ln_emb(x))
-        key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]   # [B, 1, 1, T]
+        key_mask = None if attention_mask is None else padding_mask(attention_mask)   # [B, 1, 1, T], 0/1 checked
         attentions = []
         for layer in self.layers:
             x, w = layer(x, key_mask, output_attentions)
@@ -269,6 +270,8 @@ class BertForMaskedLM(_BertBase):
         ``labelled_only=True`` runs the head on the N positions where ``labels != -100`` only
         (``logits`` [N, V], row-major order): the same loss for a fraction of the head's cost.
         """
+        if labels is not None:
+            check_class_ids("labels", labels, self.config.vocab_size)
         out = self.bert(input_ids, attention_mask, token_type_ids, output_attentions)
         h = out.last_hidden_state
         if labelled_only:
@@ -304,6 +307,7 @@ class BertForSequenceClassification(_BertBase):
             if labels.shape != out.logits.shape[:1]:
                 raise ValueError(f"labels must be one class id per example, shape {tuple(out.logits.shape[:1])}, "
                                  f"got {tuple(labels.shape)} (not the input_ids!)")
+            check_class_ids("labels", labels, self.config.num_labels)
             out.loss = F.cross_entropy(out.logits, labels)
         return out
 
@@ -345,6 +349,7 @@ class BertForTokenClassification(_BertBase):
         if labels is not None:
             if labels.shape != input_ids.shape:
                 raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+            check_class_ids("labels", labels, self.config.num_labels)
             if self.crf is None:
                 out.loss = F.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)), labels.reshape(-1),
                                            ignore_index=IGNORE_INDEX)

@@ -27,6 +27,16 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 IGNORE_INDEX = -100  # targets equal to this are left out of the loss (PyTorch's default)
 
 
+def check_class_ids(name: str, y: torch.Tensor, n: int) -> None:
+    """Refuse float ``y`` and ids outside ``[0, n)`` other than the ignore index -100, with a clear
+    error (instead of an IndexError deep in ``F.cross_entropy``, or a CUDA device assert)."""
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of class ids, got {y.dtype}")
+    if y.device.type != "xla" and bool(((y != IGNORE_INDEX) & ((y < 0) | (y >= n))).any()):
+        raise ValueError(f"{name} must be ids in [0, {n}) or {IGNORE_INDEX} (ignored), got values in "
+                         f"[{int(y.min())}, {int(y.max())}]")
+
+
 @dataclass
 class GPTConfig:
     """Sizes of a GPT. Defaults are GPT-2 small (124M). Defined in chapter 4, The Transformer."""
@@ -271,6 +281,8 @@ class GPT(nn.Module):
         if targets is not None and (not isinstance(targets, torch.Tensor) or targets.shape != idx.shape):
             raise ValueError(f"targets must be a tensor of idx's shape {tuple(idx.shape)}, got "
                              f"{tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__}")
+        if targets is not None:
+            check_class_ids("targets", targets, self.config.vocab_size)
 
         # position embeddings of positions t_past .. t_past+T-1: a slice (cheaper than a lookup)
         x = self.transformer.wte(idx) + self.transformer.wpe.weight[t_past:t_past + T]   # [B, T, C]

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..attention import padding_mask
+from .gpt import check_class_ids
 from .io import load_checkpoint, save_checkpoint
 
 IGNORE_INDEX = -100
@@ -165,7 +167,7 @@ class Seq2SeqTransformer(nn.Module):
         """``src`` [B, S] (+ ``src_mask`` [B, S], 1 real / 0 pad) -> memory [B, S, C]."""
         self._check("src", src, self.config.src_vocab_size)
         x = self.src_emb(src) * math.sqrt(self.config.n_embd) + self.pos[: src.size(1)]
-        m = None if src_mask is None else src_mask.bool()[:, None, None, :]
+        m = None if src_mask is None else padding_mask(src_mask)            # [B, 1, 1, S], 0/1 checked
         for layer in self.encoder:
             x = layer(x, m)
         return self.ln_enc(x)
@@ -177,7 +179,7 @@ class Seq2SeqTransformer(nn.Module):
         T = tgt_in.size(1)
         y = self.tgt_emb(tgt_in) * math.sqrt(self.config.n_embd) + self.pos[:T]
         causal = torch.ones(T, T, dtype=torch.bool, device=tgt_in.device).tril()
-        cross = None if src_mask is None else src_mask.bool()[:, None, None, :]
+        cross = None if src_mask is None else padding_mask(src_mask)
         weights = []
         for layer in self.decoder:
             y, w = layer(y, memory, causal, cross, output_attentions)
@@ -194,6 +196,7 @@ class Seq2SeqTransformer(nn.Module):
         if labels is not None:
             if labels.shape != tgt_in.shape:
                 raise ValueError(f"labels must have the shape of tgt_in {tuple(tgt_in.shape)}, got {tuple(labels.shape)}")
+            check_class_ids("labels", labels, self.config.tgt_vocab_size)
             out.loss = F.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)), labels.reshape(-1),
                                        ignore_index=IGNORE_INDEX)
         return out
