@@ -321,3 +321,59 @@ def test_configure_optimizer_refuses_non_finite_lr() -> None:
 def test_get_lr_refuses_non_finite_rates() -> None:
     with pytest.raises(ValueError, match="max_lr"):
         get_lr(0, max_lr=float("inf"), warmup_steps=0, max_steps=10, min_lr=0.0)
+
+
+# out-of-range class labels / target ids: a clear ValueError before any torch IndexError
+def _tiny_models():
+    from course_utils.models import (BertConfig, BertForMaskedLM, BertForSequenceClassification,
+                                     BertForTokenClassification, GPT, GPTConfig)
+    from course_utils.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
+
+    torch.manual_seed(0)
+    bc = dict(vocab_size=20, max_position_embeddings=8, n_layer=1, n_head=2, n_embd=8, num_labels=3)
+    ids = torch.randint(20, (2, 5))
+    return {
+        "gpt": (GPT(GPTConfig(vocab_size=VOCAB, block_size=8, n_layer=1, n_head=2, n_embd=8)),
+                lambda m, y: m(torch.randint(VOCAB, (2, 5)), targets=y), (2, 5), VOCAB),
+        "bert-mlm": (BertForMaskedLM(BertConfig(**bc)), lambda m, y: m(ids, labels=y), (2, 5), 20),
+        "bert-seq": (BertForSequenceClassification(BertConfig(**bc)), lambda m, y: m(ids, labels=y), (2,), 3),
+        "bert-tok": (BertForTokenClassification(BertConfig(**bc)), lambda m, y: m(ids, labels=y), (2, 5), 3),
+        "seq2seq": (Seq2SeqTransformer(Seq2SeqConfig(src_vocab_size=9, tgt_vocab_size=7, max_len=8, n_layer=1,
+                                                      n_head=2, n_embd=8)),
+                    lambda m, y: m(torch.randint(9, (2, 4)), torch.randint(7, (2, 5)), labels=y), (2, 5), 7),
+    }
+
+
+@pytest.mark.parametrize("name", ["gpt", "bert-mlm", "bert-seq", "bert-tok", "seq2seq"])
+@pytest.mark.parametrize("bad", ["too_big", "negative"])
+def test_out_of_range_labels_are_a_clear_error(name: str, bad: str) -> None:
+    model, call, shape, n = _tiny_models()[name]
+    y = torch.zeros(shape, dtype=torch.long)
+    y.view(-1)[-1] = n if bad == "too_big" else -3
+    with pytest.raises(ValueError, match=rf"(labels|targets).*\[0, {n}\).*-100"):
+        call(model, y)
+    y.view(-1)[-1] = -100 if name != "bert-seq" else n - 1           # the ignore index stays allowed
+    assert torch.isfinite(call(model, y).loss)
+
+
+@pytest.mark.parametrize("name", ["gpt", "bert-seq", "seq2seq"])
+def test_float_labels_are_a_clear_error(name: str) -> None:
+    model, call, shape, n = _tiny_models()[name]
+    with pytest.raises(TypeError, match=r"(labels|targets).*integer"):
+        call(model, torch.full(shape, 1.7))
+
+
+def test_trainer_with_out_of_range_targets_fails_up_front() -> None:
+    from course_utils.models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=1, n_head=2, n_embd=8))
+    cfg = TrainConfig(max_steps=2, warmup_steps=0, eval_interval=2, eval_iters=1, batch_size=4,
+                      progress=False, mixed_precision="no")
+
+    def shifted(m: nn.Module, batch) -> torch.Tensor:   # an off-by-one target pipeline: VOCAB-1 -> VOCAB
+        return m(batch[0], targets=batch[1] + 1).loss
+
+    tr = Trainer(model, cfg, RandomBlockSampler(_data(), BLOCK, 4, seed=1), loss_fn=shifted)
+    with pytest.raises(ValueError, match=rf"targets.*\[0, {VOCAB}\)"):
+        tr.fit()
