@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence
 
 METRIC_MODULES = Path(__file__).resolve().parent / "metric_modules"
 AVERAGES = ("macro", "micro", "weighted")
+IGNORE_INDEX = -100   # a reference equal to this (special token, padding) is no example at all
 
 
 def _as_int_list(values: Any, name: str) -> list[int]:
@@ -38,13 +39,30 @@ def _as_int_list(values: Any, name: str) -> list[int]:
     return out
 
 
-def _check_pair(predictions: Any, references: Any) -> tuple[list[int], list[int]]:
+def _check_pair(predictions: Any, references: Any,
+                ignore_index: int | None = IGNORE_INDEX) -> tuple[list[int], list[int]]:
+    """Both lists of ids, with the pairs whose reference is ``ignore_index`` left out; negative ids
+    anywhere else are a ValueError (a -100 is padding, never a class)."""
     preds = _as_int_list(predictions, "predictions")
     refs = _as_int_list(references, "references")
     if len(preds) != len(refs):
         raise ValueError(f"predictions and references differ in length ({len(preds)} vs {len(refs)})")
     if not refs:
         raise ValueError("no examples: predictions and references are empty")
+    if ignore_index is not None:
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
+        kept = [(p, t) for p, t in zip(preds, refs) if t != ignore_index]
+        if not kept:
+            raise ValueError(f"every reference equals ignore_index={ignore_index}: no example to score")
+        preds, refs = [p for p, _ in kept], [t for _, t in kept]
+    for name, ids in (("predictions", preds), ("references", refs)):
+        if min(ids) < 0:
+            raise ValueError(f"{name} must be label ids >= 0, found {min(ids)}"
+                             + (f" (references equal to ignore_index={ignore_index} are left out; "
+                                "predictions never are)" if name == "predictions" else
+                                f"; pass ignore_index={min(ids)} to leave those positions out" if ignore_index is None
+                                else f" (only ignore_index={ignore_index} is left out)"))
     return preds, refs
 
 
@@ -57,12 +75,13 @@ def _f1(p: float, r: float) -> float:
 
 
 def confusion_matrix(predictions: Sequence[int], references: Sequence[int],
-                     num_labels: int | None = None) -> list[list[int]]:
+                     num_labels: int | None = None, ignore_index: int | None = IGNORE_INDEX) -> list[list[int]]:
     """Counts ``m[true][pred]`` as a ``num_labels x num_labels`` list of lists.
 
-    ``num_labels`` defaults to ``max(label) + 1``. Defined in chapter 7, Fine-tuning.
+    ``num_labels`` defaults to ``max(label) + 1``; positions whose reference is ``ignore_index``
+    (-100: special tokens, padding) are left out. Defined in chapter 7, Fine-tuning.
     """
-    preds, refs = _check_pair(predictions, references)
+    preds, refs = _check_pair(predictions, references, ignore_index)
     top = max(preds + refs) + 1
     n = top if num_labels is None else num_labels
     if not isinstance(n, int) or n < top or min(preds + refs) < 0:
@@ -75,21 +94,27 @@ def confusion_matrix(predictions: Sequence[int], references: Sequence[int],
 
 
 def classification_scores(predictions: Sequence[int], references: Sequence[int],
-                          average: str = "macro", labels: Sequence[int] | None = None) -> dict[str, float]:
+                          average: str = "macro", labels: Sequence[int] | None = None,
+                          ignore_index: int | None = IGNORE_INDEX) -> dict[str, float]:
     """``{"accuracy", "precision", "recall", "f1"}`` of predicted vs. true label ids.
 
     ``average="macro"`` gives each class the same weight (a rare class counts as much as a
     frequent one); ``"weighted"`` weights classes by their support; ``"micro"`` pools all
     decisions (for single-label data it equals accuracy). ``labels`` (default: every id seen)
     are the classes averaged over. A class never predicted has precision 0 (scikit-learn's
-    ``zero_division=0``). Defined in chapter 7, Fine-tuning.
+    ``zero_division=0``). Positions whose reference is ``ignore_index`` (-100, as in the losses:
+    special tokens, padding, non-first sub-tokens) are left out, so -100 is never counted as a
+    class; ``ignore_index=None`` keeps every position (then a negative id is an error).
+    Defined in chapter 7, Fine-tuning.
     """
-    preds, refs = _check_pair(predictions, references)
+    preds, refs = _check_pair(predictions, references, ignore_index)
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
     classes = sorted(set(preds) | set(refs)) if labels is None else _as_int_list(labels, "labels")
     if not classes:
         raise ValueError("labels is empty")
+    if min(classes) < 0:
+        raise ValueError(f"labels must be class ids >= 0, got {min(classes)}")
     tp = {c: 0 for c in classes}
     n_pred = {c: 0 for c in classes}
     n_true = {c: 0 for c in classes}
@@ -118,7 +143,8 @@ def classification_scores(predictions: Sequence[int], references: Sequence[int],
 
 
 def compare_classifiers(predictions_a: Sequence[int], predictions_b: Sequence[int], references: Sequence[int],
-                        n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+                        n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0,
+                        ignore_index: int | None = IGNORE_INDEX) -> dict[str, float]:
     """Accuracy of A minus accuracy of B on the same examples, and how sure we can be of it.
 
     Both classifiers answered the same test set, so the comparison is *paired*: only the
@@ -133,12 +159,13 @@ def compare_classifiers(predictions_a: Sequence[int], predictions_b: Sequence[in
       hypothesis each of the ``a_only + b_only`` disagreements is a fair coin flip.
 
     A margin whose interval contains 0 (or ``p_value`` > 0.05) is not evidence that A is better.
+    Examples whose reference is ``ignore_index`` (-100) are left out.
     Defined in chapter 7, Fine-tuning.
     """
     import numpy as np
 
-    pa, refs = _check_pair(predictions_a, references)
-    pb, _ = _check_pair(predictions_b, references)
+    pa, refs = _check_pair(predictions_a, references, ignore_index)
+    pb, _ = _check_pair(predictions_b, references, ignore_index)
     if not isinstance(n_resamples, int) or n_resamples < 1:
         raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
     if not 0.0 < confidence < 1.0:

@@ -198,3 +198,41 @@ def test_compare_classifiers_p_value_agrees_with_scipy() -> None:
         n = r["a_only"] + r["b_only"]
         expected = stats.binomtest(r["a_only"], n, 0.5).pvalue if n else 1.0
         assert r["p_value"] == pytest.approx(expected), trial
+
+
+# ----------------------------------------------------------------------------- issue 28, item 9: the ignore index
+def test_classification_leaves_out_ignored_references() -> None:
+    # token classification: -100 marks special tokens and padding, which are no class at all
+    preds, refs = [0, 1, 1, 0, 2], [0, 1, -100, -100, 1]
+    s = classification_scores(preds, refs)
+    assert s == classification_scores([0, 1, 2], [0, 1, 1])   # the same as the three real positions
+    assert s["accuracy"] == pytest.approx(2 / 3)
+    sk = pytest.importorskip("sklearn.metrics")
+    p, r, f, _ = sk.precision_recall_fscore_support([0, 1, 1], [0, 1, 2], average="macro", zero_division=0)
+    assert (s["precision"], s["recall"], s["f1"]) == pytest.approx((p, r, f))
+
+
+def test_ignore_index_can_be_changed_or_switched_off() -> None:
+    assert classification_scores([0, 1, 1], [0, 1, 9], ignore_index=9)["accuracy"] == 1.0
+    with pytest.raises(ValueError, match=r"references.*-100.*ignore_index"):
+        classification_scores([0, 1], [0, -100], ignore_index=None)
+
+
+@pytest.mark.parametrize("preds, refs, match", [
+    ([0, -1], [0, 1], "predictions"), ([0, -100], [0, 1], "predictions"), ([0, 1], [0, -5], "references"),
+    ([1, 1], [-100, -100], "ignore_index")])
+def test_negative_ids_and_all_ignored_are_errors(preds, refs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        classification_scores(preds, refs)
+
+
+def test_classification_labels_may_not_hold_the_ignore_index() -> None:
+    with pytest.raises(ValueError, match="labels"):
+        classification_scores([0, 1], [0, 1], labels=[0, 1, -100])
+
+
+def test_confusion_matrix_and_compare_leave_out_ignored_references() -> None:
+    assert confusion_matrix([0, 1, 1], [0, 1, -100], 2) == [[1, 0], [0, 1]]
+    with_ignored = metrics.compare_classifiers([0, 1, 0, 0], [0, 0, 0, 1], [0, 1, -100, -100])
+    plain = metrics.compare_classifiers([0, 1], [0, 0], [0, 1])
+    assert with_ignored == plain and plain["margin"] == pytest.approx(0.5)
