@@ -5,6 +5,10 @@ nbmake, the JupyterLab server of the browser test and any ``python -m ...`` a te
 refuse outbound connections exactly as the pytest process does (see ``netguard.py``).
 ``COURSE_NETGUARD=0`` turns it off. Python imports only the first ``sitecustomize`` on
 ``sys.path``, so this one then runs any other it shadows (Debian ships one, for example).
+
+A guard against accidental downloads, not a sandbox: an interpreter started with ``-I``, ``-E``
+or ``-S`` never reads this file, and non-Python programs ignore it. ``tools/netns_run.sh`` runs
+a command in a network namespace (loopback only) where the kernel allows one.
 """
 from __future__ import annotations
 
