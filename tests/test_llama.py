@@ -144,6 +144,13 @@ def test_padding_does_not_change_the_real_tokens_logits():
     torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
 
 
+def test_causal_fast_path_equals_an_all_ones_mask():
+    m = randomized(L.LlamaForCausalLM(tiny()))
+    ids = torch.randint(0, 97, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids).logits, m(ids, attention_mask=torch.ones_like(ids)).logits)
+
+
 @pytest.mark.parametrize("pos", ["rope", "learned"])
 def test_kv_cache_matches_full_recompute(pos):
     cfg = tiny(pos=pos)

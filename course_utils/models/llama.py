@@ -200,7 +200,8 @@ class Attention(nn.Module):
     """Causal self-attention with ``n_kv_heads`` key/value heads (GQA; MHA and MQA as special cases).
 
     The cache keeps the ``n_kv_heads`` keys and values, not the expanded ones: that is what
-    grouped-query attention saves. ``mask`` is a boolean [B, 1, T, T_total] (True = may attend).
+    grouped-query attention saves. ``mask`` is a boolean [B, 1, T, T_total] (True = may attend);
+    ``None`` means causal attention without padding (no cache, or one new token).
     """
 
     def __init__(self, config: LlamaConfig) -> None:
@@ -213,7 +214,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(C, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_head * self.head_dim, C, bias=False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 past: tuple[torch.Tensor, torch.Tensor] | None = None,
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -228,7 +229,10 @@ class Attention(nn.Module):
             k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
         n_rep = self.n_head // self.n_kv_heads
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask, dropout_p=p)
+        # no mask given: plain causal attention over the new tokens (the fast path for training)
+        causal = mask is None and past is None and T > 1
+        y = F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask,
+                                           dropout_p=p, is_causal=causal)
         y = self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         return y, (k, v)
 
@@ -244,7 +248,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config) if config.mlp == "swiglu" else GeluMLP(config)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 past: tuple[torch.Tensor, torch.Tensor] | None = None):
         """[B, T, C] -> ([B, T, C], (k, v))."""
         a, kv = self.self_attn(self.input_layernorm(x), mask, rope, past)
@@ -357,8 +362,8 @@ class LlamaForCausalLM(nn.Module):
         if S > self.config.block_size:
             raise ValueError(f"sequence of length {S} (cached {t_past} + new {T}) is longer than "
                              f"block_size={self.config.block_size}")
-        if attention_mask is None:
-            attention_mask = torch.ones(B, S, dtype=torch.long, device=idx.device)
+        padded = attention_mask is not None
+        if not padded:
             default_pos = torch.arange(t_past, S, device=idx.device)[None].expand(B, T)
         else:
             if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (B, S):
@@ -379,7 +384,9 @@ class LlamaForCausalLM(nn.Module):
         else:
             x = x + self.wpe(position_ids)
         x = self.drop(x)
-        mask = attention_mask_4d(attention_mask, T)
+        mask = None   # without padding, causal attention needs no mask unless T new tokens follow a cache
+        if padded or (t_past > 0 and T > 1):
+            mask = attention_mask_4d(attention_mask if padded else torch.ones(B, S, device=idx.device), T)
         new_cache: KVCache | None = [] if use_cache else None
         for i, block in enumerate(self.layers):
             x, kv = block(x, mask, rope, kv_cache[i] if kv_cache is not None else None)
