@@ -4,6 +4,7 @@
 #   make test     .venv + assets, unit tests (network guard on), every notebook via nbmake (ci)
 #   make course   execute every notebook in the default profile into build/ (+ HTML, index)
 #   make doctor   versions, device, profile and asset state, for bug reports
+#   make test-latest  newest releases within pyproject's ranges on the newest Python (a report)
 #   make clean    remove build outputs and caches (keeps .venv and data/)
 #
 # Needs GNU make and Python 3.11 (PYTHON=python3.11 make ... to choose one); never needs root.
@@ -22,11 +23,16 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
+# torch is installed hash-checked (its wheel against the lock) unless another TORCH_SPEC is asked for.
+TORCH_HASHED ?= $(if $(filter torch==2.13.0,$(TORCH_SPEC)),1,0)
 LAB_ARGS ?=
 PYTEST_ARGS ?=
 NB ?= notebooks/
 PROFILE ?=
 NBMAKE_TIMEOUT ?= 300
+LATEST_PYTHON ?=
+LATEST_TORCH ?=
+LATEST_NB ?=
 
 # The stamp's name carries a hash of the lock and pyproject.toml: when neither changed, the
 # venv is up to date and pip is not run again.
@@ -41,23 +47,35 @@ TEST_THREADS ?= 1
 TEST_ENV := OMP_NUM_THREADS=$(TEST_THREADS) HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg \
 	TOKENIZERS_PARALLELISM=false PYTHONPATH="$(CURDIR)/tests/netguard$${PYTHONPATH:+:$$PYTHONPATH}"
 
-.PHONY: help venv install assets lab test test-unit test-notebooks course doctor clean
+.PHONY: help venv install assets lab test test-unit test-notebooks test-latest course doctor clean
 
 help:
-	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
 
 venv install: $(STAMP)
 
-# torch goes first, on its own: on Linux any other spec pulls gigabytes of CUDA wheels, and
-# this way the lock's torch==2.13.0 is already satisfied (a local +cpu build counts as 2.13.0).
+# torch goes first, on its own and without its dependencies: on Linux PyPI's build pulls gigabytes
+# of CUDA wheels, and this way the lock's torch==2.13.0 is already satisfied (a local +cpu build
+# counts as 2.13.0). Every file is checked against the lock's sha256 hashes (--require-hashes):
+# torch's wheel first (one already on disk in pip's find-links, as on the course's machines, before
+# the index: in hash mode pip would otherwise prefer the index's file), then the rest.
 $(STAMP): requirements.lock pyproject.toml
 	@if [ ! -x "$(PY)" ]; then \
 	  echo "make: creating $(VENV) with $$($(PYTHON) --version 2>&1)"; \
 	  $(PYTHON) -m venv $(VENV); \
 	fi
 	@$(PY) -c "import sys; v=sys.version_info[:2]; (v!=(3,11)) and print(f'make: warning: the lock was made with Python 3.11, this venv has {v[0]}.{v[1]}; set PYTHON=python3.11 if pip fails')"
-	$(PY) -m pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(PY) -m pip install -r requirements.lock
+	@if [ "$(TORCH_HASHED)" = 1 ]; then \
+	  awk '/^torch==/{p=1} p{print} p&&!/\\$$/{exit}' requirements.lock > $(VENV)/.torch-requirement; \
+	  echo "$(PY) -m pip install $(TORCH_PIP_ARGS) --require-hashes --no-deps -r $(VENV)/.torch-requirement"; \
+	  $(PY) -m pip install $(TORCH_PIP_ARGS) --require-hashes --no-deps --no-index -r $(VENV)/.torch-requirement 2>/dev/null \
+	    || $(PY) -m pip install $(TORCH_PIP_ARGS) --require-hashes --no-deps -r $(VENV)/.torch-requirement \
+	    || { echo "make: torch's wheel did not match a hash in requirements.lock (or needs libraries the lock does not pin, as PyPI's CUDA build on Linux does). Use TORCH_PIP_ARGS='--index-url https://download.pytorch.org/whl/cpu' for the CPU build, or TORCH_HASHED=0 to let pip choose a build unchecked." >&2; exit 1; }; \
+	else \
+	  $(PY) -m pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"; \
+	fi
+	$(PY) -m pip install --require-hashes -r requirements.lock
+	@$(PY) -c "import torch" 2>/dev/null || { echo "make: this torch build does not import without libraries the lock does not pin (PyPI's CUDA build on Linux needs its nvidia-* wheels): use TORCH_PIP_ARGS='--index-url https://download.pytorch.org/whl/cpu' for the CPU build, or TORCH_HASHED=0 for pip's choice, unchecked." >&2; exit 1; }
 	$(PY) -m pip install --no-deps -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@
@@ -87,6 +105,12 @@ test-notebooks: $(STAMP) assets
 	  $(TEST_ENV) COURSE_PROFILE=ci $(PY) -m pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) \
 	    --durations=0 $(NB) $(PYTEST_ARGS); \
 	fi
+
+# The second leg: newest releases within pyproject's ranges on the newest Python here (its own
+# .venv-latest; torch stays at the lock's version unless LATEST_TORCH says otherwise). Not part of
+# `make test`: it reports what a Colab or a fresh `pip install` would break (build/test-latest.txt).
+test-latest:
+	LATEST_PYTHON="$(LATEST_PYTHON)" LATEST_TORCH="$(LATEST_TORCH)" LATEST_NB="$(LATEST_NB)" tools/test_latest.sh
 
 course: $(STAMP) assets
 	$(PY) tools/build_course.py --out build $(if $(PROFILE),--profile $(PROFILE)) $(NB)

@@ -22,19 +22,26 @@ KEY_LOCKED = ("torch", "transformers", "tokenizers", "datasets", "evaluate", "ac
               "matplotlib", "tqdm", "safetensors")
 
 
-def read_lock(path: Path = LOCK) -> dict[str, Version]:
-    """``{canonical name: version}`` from a ``name==version`` lock; anything else is an error."""
-    pins: dict[str, Version] = {}
-    for n, raw in enumerate(path.read_text().splitlines(), 1):
+def lock_entries(path: Path = LOCK) -> dict[str, tuple[Version, list[str]]]:
+    """``{canonical name: (version, sha256 hashes)}`` from a hashed ``name==version \\`` lock;
+    anything else is an error."""
+    entries: dict[str, tuple[Version, list[str]]] = {}
+    text = re.sub(r"\\\n\s*", " ", path.read_text())  # join continuation lines
+    for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)", line)
-        assert m, f"{path.name}:{n}: expected 'name==version', got {raw!r}"
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)((?:\s+--hash=sha256:[0-9a-f]{64})*)", line)
+        assert m, f"{path.name}: entry {n}: expected 'name==version --hash=sha256:...', got {raw[:120]!r}"
         name = canonicalize_name(m.group(1))
-        assert name not in pins, f"{path.name}:{n}: {name} pinned twice"
-        pins[name] = Version(m.group(2))
-    return pins
+        assert name not in entries, f"{path.name}: {name} pinned twice"
+        entries[name] = (Version(m.group(2)), re.findall(r"sha256:([0-9a-f]{64})", m.group(3)))
+    return entries
+
+
+def read_lock(path: Path = LOCK) -> dict[str, Version]:
+    """``{canonical name: version}`` of the lock."""
+    return {name: v for name, (v, _) in lock_entries(path).items()}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +65,20 @@ def test_lock_is_exact_and_portable(lock):
 
 def test_torch_is_pinned_to_the_cpu_wheel_version(lock):
     assert lock["torch"] == Version("2.13.0")
-    assert re.search(r"^torch==2\.13\.0$", LOCK.read_text(), re.M)
+    assert re.search(r"^torch==2\.13\.0 \\$", LOCK.read_text(), re.M)
+
+
+def test_every_locked_file_is_hashed():
+    """pip's hash-checking mode needs a sha256 for every requirement; torch's list also holds the
+    local CPU wheel's (the file `make` installs on the course's machines)."""
+    entries = lock_entries()
+    unhashed = [name for name, (_, hashes) in entries.items() if not hashes]
+    assert not unhashed, f"requirements.lock entries without --hash: {unhashed}"
+    local = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
+    if local.is_file():
+        import hashlib
+
+        assert hashlib.sha256(local.read_bytes()).hexdigest() in entries["torch"][1]
 
 
 def test_lock_pins_every_key_library(lock):
@@ -98,8 +118,8 @@ def test_environment_yml_installs_the_same_lock(lock):
     deps = env["dependencies"]
     assert "python=3.11" in deps
     pip_lines = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
-    assert "-r requirements.lock" in pip_lines
-    assert "torch==2.13.0" in pip_lines
+    assert "-r requirements.lock" in pip_lines   # torch is in the lock, with its hashes
+    assert not any(line.startswith("-e") for line in pip_lines), "an editable install breaks pip's hash-checking mode"
     for line in pip_lines:  # any other pin it lists must be the locked one
         if "==" in line and not line.startswith("-"):
             req = Requirement(line)
@@ -110,9 +130,10 @@ def test_environment_yml_installs_the_same_lock(lock):
 def test_makefile_installs_torch_first_then_the_lock_then_the_package():
     text = (ROOT / "Makefile").read_text()
     torch_at = text.index("TORCH_SPEC)")
-    lock_at = text.index("pip install -r requirements.lock")
+    lock_at = text.index("pip install --require-hashes -r requirements.lock")
     pkg_at = text.index("pip install --no-deps -e .")
     assert "TORCH_SPEC ?= torch==2.13.0" in text
+    assert "--require-hashes --no-deps -r $(VENV)/.torch-requirement" in text
     assert torch_at < lock_at < pkg_at
 
 
