@@ -30,7 +30,20 @@ def test_numbers_follow_the_order() -> None:
 def copy(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    (tmp_path / "docs").mkdir()
+    shutil.copy(ROOT / "docs" / "ARCHITECTURE.md", tmp_path / "docs" / "ARCHITECTURE.md")
     return tmp_path
+
+
+def test_every_package_module_belongs_to_a_chapter() -> None:
+    """A new module is placed in the one table of contents (and so in ARCHITECTURE's map)."""
+    _, chapters = toc.load()
+    listed = {m for ch in chapters for m in ch.modules}
+    pkg = ROOT / "course_utils"
+    modules = {p.stem for p in pkg.glob("*.py") if p.stem != "__init__"}
+    modules |= {f"models.{p.stem}" for p in (pkg / "models").glob("*.py") if p.stem not in ("__init__", "io")}
+    assert sorted(modules - listed) == [], "add these modules to a chapter in notebooks/toc.toml"
+    assert sorted(listed - modules) == [], "notebooks/toc.toml names modules that do not exist"
 
 
 def test_a_notebook_missing_from_the_toc_is_found(copy: Path) -> None:

@@ -1,11 +1,12 @@
 """The course's table of contents, read from its one source, ``notebooks/toc.toml``.
 
     python tools/toc.py            # print the chapters in order
-    python tools/toc.py --write    # regenerate README.md's chapter table from the TOC
+    python tools/toc.py --write    # regenerate README.md's chapter table and ARCHITECTURE.md's module map
     python tools/toc.py --check    # exit 1 (and say what differs) when README or notebooks disagree
 
-README.md holds the generated table between ``<!-- toc:start -->`` and ``<!-- toc:end -->``;
-edit ``notebooks/toc.toml``, never the table. ``tests/test_toc.py`` runs the same checks.
+README.md holds the generated table between ``<!-- toc:start -->`` and ``<!-- toc:end -->``,
+docs/ARCHITECTURE.md the module map between ``<!-- modules:start -->`` and ``<!-- modules:end -->``;
+edit ``notebooks/toc.toml``, never the tables. ``tests/test_toc.py`` runs the same checks.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TOC_FILE = ROOT / "notebooks" / "toc.toml"
 README = ROOT / "README.md"
+ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
 START, END = "<!-- toc:start -->", "<!-- toc:end -->"
+MAP_START, MAP_END = "<!-- modules:start -->", "<!-- modules:end -->"
 PART_NAMES = {"I": "Part I — foundations, built from scratch", "II": "Part II — the modern stack"}
 
 
@@ -70,12 +73,24 @@ def readme_table(repo: str, chapters: list[Chapter]) -> str:
     return "\n".join(lines)
 
 
+def module_map(chapters: list[Chapter]) -> str:
+    """docs/ARCHITECTURE.md's module-to-chapter table."""
+    lines = ["| modules | chapter |", "|---|---|"]
+    lines += [f"| {', '.join(ch.modules)} | {ch.number} {ch.title} |" for ch in chapters if ch.modules]
+    return "\n".join(lines)
+
+
+def render_between(text: str, table: str, start: str = START, end: str = END, name: str = "README.md") -> str:
+    """``text`` with what lies between the ``start`` and ``end`` markers replaced by ``table``."""
+    if start not in text or end not in text:
+        raise ValueError(f"{name} lacks the {start} ... {end} markers around its generated table")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{table}\n{end}{tail}"
+
+
 def render_readme(text: str, table: str) -> str:
-    if START not in text or END not in text:
-        raise ValueError(f"README.md lacks the {START} ... {END} markers around the chapter table")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{table}\n{END}{tail}"
+    return render_between(text, table)
 
 
 def notebook_heading(path: Path) -> str:
@@ -112,6 +127,13 @@ def problems(root: Path = ROOT) -> list[str]:
             out.append("README.md's chapter table is not the one notebooks/toc.toml gives: run python tools/toc.py --write")
     except ValueError as err:
         out.append(str(err))
+    arch = (root / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    try:
+        if render_between(arch, module_map(chapters), MAP_START, MAP_END, "docs/ARCHITECTURE.md") != arch:
+            out.append("docs/ARCHITECTURE.md's module map is not the one notebooks/toc.toml gives: "
+                       "run python tools/toc.py --write")
+    except ValueError as err:
+        out.append(str(err))
     return out
 
 
@@ -124,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         README.write_text(render_readme(README.read_text(encoding="utf-8"), readme_table(repo, chapters)),
                           encoding="utf-8")
+        ARCHITECTURE.write_text(render_between(ARCHITECTURE.read_text(encoding="utf-8"), module_map(chapters),
+                                               MAP_START, MAP_END, "docs/ARCHITECTURE.md"), encoding="utf-8")
     if args.check:
         found = problems()
         for p in found:
