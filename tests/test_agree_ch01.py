@@ -58,3 +58,41 @@ def test_interpolation_matches(nb: dict, n: int) -> None:
     by_hand = nb["perplexity"](lambda w, h: nb["interpolated_prob"](w, h, counts, totals, V, lam), TEST)
     assert lm.perplexity(TEST) == pytest.approx(by_hand, rel=1e-10)
     assert math.isfinite(by_hand)
+
+
+# --- section 5: skip-gram with negative sampling, on screen vs course_utils.word2vec ---------
+
+@pytest.fixture(scope="module")
+def nb_w2v() -> dict:
+    return notebook_namespace(NB, ["skipgram_pairs", "sgns_loss"])
+
+
+@pytest.mark.parametrize("window", [1, 2, 5])
+def test_skipgram_pairs_match_the_package(nb_w2v: dict, window: int) -> None:
+    import numpy as np
+
+    from course_utils import word2vec as w2v
+
+    rng = np.random.default_rng(window)
+    sents = [rng.integers(0, 30, size=n).tolist() for n in (9, 1, 0, 14, 3)]
+    mine = nb_w2v["skipgram_pairs"](sents, window, np.random.default_rng(7))
+    pkg = w2v.skipgram_pairs(sents, window, np.random.default_rng(7))
+    assert mine[0].dtype == pkg[0].dtype
+    assert sorted(zip(mine[0].tolist(), mine[1].tolist())) == sorted(zip(pkg[0].tolist(), pkg[1].tolist()))
+    assert len(mine[0]) > 0
+
+
+def test_sgns_loss_matches_the_package(nb_w2v: dict) -> None:
+    import torch
+
+    from course_utils import word2vec as w2v
+
+    g = torch.Generator().manual_seed(0)
+    for B, K, d in [(1, 1, 3), (16, 5, 8)]:
+        v, u, neg = torch.randn(B, d, generator=g), torch.randn(B, d, generator=g), torch.randn(B, K, d, generator=g)
+        v.requires_grad_(True)
+        ours, theirs = nb_w2v["sgns_loss"](v, u, neg), w2v.sgns_loss(v, u, neg)
+        assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+        (g1,) = torch.autograd.grad(ours, v)
+        (g2,) = torch.autograd.grad(theirs, v)
+        assert torch.allclose(g1, g2, atol=1e-6)
