@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
+from . import paths as _paths  # noqa: F401  (first: the libraries' caches go under the data folder)
 from .profiles import Profile, get_profile
 
 __version__ = "0.1.0"

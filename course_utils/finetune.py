@@ -266,13 +266,12 @@ def finetune_tweet_classifier(profile: str | None = None, output_dir: str | Path
     Returns ``(model, tokenizer, test metrics)``. Settings: :data:`TWEET_RECIPES`.
     Defined in chapter 7, Fine-tuning.
     """
-    import tempfile
-
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               Trainer, TrainingArguments)
 
     from . import assets, data
     from .metrics import load_metric
+    from .paths import scratch_dir
     from .profiles import get_profile
 
     r = TWEET_RECIPES[get_profile(profile).name]
@@ -294,7 +293,7 @@ def finetune_tweet_classifier(profile: str | None = None, output_dir: str | Path
         return metric.compute(predictions=pred.predictions.argmax(-1).tolist(), references=pred.label_ids.tolist())
 
     args = TrainingArguments(
-        output_dir=str(output_dir or tempfile.mkdtemp(prefix="tweets-")), max_steps=r["max_steps"],
+        output_dir=str(output_dir or scratch_dir("tweets-")), max_steps=r["max_steps"],
         per_device_train_batch_size=r["batch_size"], per_device_eval_batch_size=64, learning_rate=r["lr"],
         warmup_steps=max(1, r["max_steps"] // 10), weight_decay=0.01, lr_scheduler_type="linear",
         eval_strategy="no", save_strategy="no", logging_steps=max(1, r["max_steps"] // 10), report_to="none",

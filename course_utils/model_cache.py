@@ -7,14 +7,22 @@ into place, and :data:`DONE_FILE` (the metadata, with the recipe the model was t
 written last, so a half-written folder is never taken for a model and two notebooks that train
 at once never collide. A copy trained with an older recipe is not current and is retrained.
 
-Public API: :func:`models_dir`, :func:`model_dir`, :func:`is_complete`, :func:`recipe_record`,
-:func:`is_current`, :func:`publish`. Defined in chapter 5, Pretraining.
+:data:`DONE_FILE` also records the size, mtime and sha256 of every file of the model. Before a
+folder is used, :func:`verify` checks them (only a file whose size or mtime moved is hashed
+again) and parses each safetensors header; a changed byte, a truncated file or an unreadable
+header makes the folder *corrupt*: one line says so and the load-or-train path trains the model
+again, exactly as after an interrupted run.
+
+Public API: :func:`models_dir`, :func:`model_dir`, :func:`verify`, :func:`is_complete`,
+:func:`recipe_record`, :func:`is_current`, :func:`publish`, :func:`safetensors_problem`,
+:func:`folder_problem`. Defined in chapter 5, Pretraining.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -37,9 +45,76 @@ def model_dir(name: str, profile: str | None = None) -> Path:
     return models_dir() / f"{name}-{get_profile(profile).name}"
 
 
-def is_complete(folder: Path) -> bool:
-    """The folder holds a finished model: its weights and the :data:`DONE_FILE` written last."""
-    return (folder / DONE_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file (None when it is): the 8-byte header length,
+    the JSON header and the tensors' byte ranges must add up to the file's size exactly."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                return "its header is cut off (truncated)"
+            header = json.loads(f.read(n))
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+        return f"it cannot be parsed as safetensors ({type(err).__name__})"
+    if 8 + n + end != size:
+        return f"it has {size} bytes, its header describes {8 + n + end} (truncated or padded)"
+    return None
+
+
+def folder_problem(folder: Path, records: dict[str, dict] | None) -> str | None:
+    """Why the files of ``folder`` are not the ones saved (None when they are): a file of
+    ``records`` (see :func:`course_utils.assets.file_records`) missing or changed, or a
+    safetensors file that does not parse. ``records`` may be refreshed in place (new mtimes)."""
+    from .assets import changed_files
+
+    if records is not None:
+        bad = changed_files(folder, records)
+        if bad:
+            return f"{bad[0]} does not match the sha256 recorded when it was saved" + (
+                f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+    for weights in sorted(folder.rglob("*.safetensors")):
+        why = safetensors_problem(weights)
+        if why:
+            return f"{weights.relative_to(folder).as_posix()}: {why}"
+    return None
+
+
+def verify(folder: Path, quiet: bool = False) -> bool:
+    """The folder holds a finished model whose files are the bytes saved (see :func:`folder_problem`).
+
+    False for a missing or half-written folder; for a corrupt one also, after one printed line
+    naming the file (unless ``quiet``). Files hashed right after a copy get their new mtimes
+    recorded, so they are not hashed again.
+    """
+    folder = Path(folder)
+    if not ((folder / DONE_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()):
+        return False
+    try:
+        meta = json.loads((folder / DONE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        why: str | None = f"{DONE_FILE} is unreadable"
+    else:
+        records = meta.get("files") if isinstance(meta, dict) else None
+        before = json.dumps(records)
+        why = folder_problem(folder, records)
+        if why is None and json.dumps(records) != before:
+            from .assets import write_json_atomic
+
+            try:
+                write_json_atomic(folder / DONE_FILE, meta)
+            except OSError:
+                pass  # a read-only copy: the files are simply hashed again next time
+    if why is not None and not quiet:
+        print(f"[model_cache] {folder}: {why} (corrupt); it will be trained or prepared again")
+    return why is None
+
+
+def is_complete(folder: Path, quiet: bool = True) -> bool:
+    """The folder holds a finished, intact model: its weights and the :data:`DONE_FILE` written
+    last, every file as recorded there (:func:`verify`)."""
+    return verify(folder, quiet=quiet)
 
 
 def recipe_record(recipe: Any) -> dict[str, Any]:
@@ -58,8 +133,9 @@ def recipe_record(recipe: Any) -> dict[str, Any]:
 
 
 def is_current(folder: Path, recipe: Any) -> bool:
-    """A complete model folder trained with ``recipe`` (a copy from an older recipe is not)."""
-    if not is_complete(folder):
+    """A complete, intact model folder trained with ``recipe`` (a copy from an older recipe is
+    not; a corrupt one is not either, and one line says so)."""
+    if not is_complete(folder, quiet=False):
         return False
     try:
         saved = json.loads((folder / DONE_FILE).read_text(encoding="utf-8")).get("recipe")
@@ -70,8 +146,8 @@ def is_current(folder: Path, recipe: Any) -> bool:
 
 def publish(build: Callable[[Path], dict[str, Any]], final: Path, replace: bool = True,
             recipe: Any | None = None) -> Path:
-    """Run ``build(tmp_dir)`` (it writes the files and returns the metadata), add :data:`DONE_FILE`,
-    then rename the folder to ``final``.
+    """Run ``build(tmp_dir)`` (it writes the files and returns the metadata), add :data:`DONE_FILE`
+    with the metadata and every file's size, mtime and sha256, then rename the folder to ``final``.
 
     ``replace=False`` keeps a complete copy of the same ``recipe`` that another process published
     first; ``replace=True`` swaps the new one in (the old copy is moved aside first).
@@ -80,7 +156,12 @@ def publish(build: Callable[[Path], dict[str, Any]], final: Path, replace: bool 
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     old = final.with_name(f".old-{final.name}-{os.getpid()}")
     try:
+        from .assets import file_records
+
         meta = build(tmp)
+        if not isinstance(meta, dict) or "files" in meta:
+            raise ValueError("build must return a dict of metadata without a 'files' key (publish records the files)")
+        meta = {**meta, "files": file_records(tmp)}
         (tmp / DONE_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         current = is_complete(final) if recipe is None else is_current(final, recipe)
         if final.exists() and (replace or not current):
@@ -96,5 +177,5 @@ def publish(build: Callable[[Path], dict[str, Any]], final: Path, replace: bool 
     return final
 
 
-__all__ = ["DONE_FILE", "WEIGHTS_FILE", "models_dir", "model_dir", "is_complete", "recipe_record", "is_current",
-           "publish"]
+__all__ = ["DONE_FILE", "WEIGHTS_FILE", "models_dir", "model_dir", "verify", "is_complete", "recipe_record",
+           "is_current", "publish", "safetensors_problem", "folder_problem"]

@@ -7,8 +7,10 @@
 
 SmolLM2 arrives as a quantised GGUF file; transformers de-quantises it to fp32 on load, which
 takes a minute or two on a laptop. The first load therefore saves the de-quantised weights as
-safetensors under ``<data dir>/models/smollm2-135m-instruct/`` (atomically), and later loads
-take a couple of seconds. ``python -m course_utils.pretrained prepare`` does it at set-up.
+safetensors under ``<data dir>/models/smollm2-135m-instruct/`` (atomically, with the size, mtime
+and sha256 of every file in ``source.json``), and later loads take a couple of seconds; a copy
+whose bytes changed is corrupt and prepared again. ``python -m course_utils.pretrained prepare``
+does it at set-up.
 
 ``source="hub"`` loads ``name`` (a Hub id) instead; that needs a network. Weights are only ever
 read from safetensors or GGUF; ``trust_remote_code`` is never set.
@@ -62,14 +64,31 @@ def smollm2_cache_dir() -> Path:
 
 
 def _smollm2_cache_ok(folder: Path) -> bool:
+    """The prepared folder comes from the registry's GGUF and every file is the one saved
+    (``source.json`` records their digests; in a folder prepared before digests were recorded,
+    the weights' size and safetensors header are checked)."""
+    from .model_cache import folder_problem
+
     try:
         marker = json.loads((folder / "source.json").read_text())
     except (OSError, ValueError):
         return False
-    if marker.get("gguf_sha256") != assets.get("smollm2").sha256:
-        return False
     weights = folder / "model.safetensors"
-    return weights.is_file() and weights.stat().st_size == marker.get("size")
+    if marker.get("gguf_sha256") != assets.get("smollm2").sha256 or not weights.is_file():
+        return False
+    if not marker.get("files") and weights.stat().st_size != marker.get("size"):
+        return False
+    before = json.dumps(marker)
+    why = folder_problem(folder, marker.get("files"))
+    if why is not None:
+        print(f"[pretrained] {folder}: {why} (corrupt); preparing SmolLM2 again")
+        return False
+    if json.dumps(marker) != before:  # hashed right after a copy: remember the new mtimes
+        try:
+            assets.write_json_atomic(folder / "source.json", marker)
+        except OSError:
+            pass
+    return True
 
 
 def prepare_smollm2(verbose: bool = True) -> Path:
@@ -95,12 +114,15 @@ def prepare_smollm2(verbose: bool = True) -> Path:
         tokenizer.save_pretrained(str(tmp))
         size = (tmp / "model.safetensors").stat().st_size
         (tmp / "source.json").write_text(json.dumps(
-            {"gguf_sha256": assets.get("smollm2").sha256, "gguf_file": SMOLLM2_GGUF, "size": size}))
-        if folder.exists():
-            shutil.rmtree(folder)
+            {"gguf_sha256": assets.get("smollm2").sha256, "gguf_file": SMOLLM2_GGUF, "size": size,
+             "files": assets.file_records(tmp)}))
+        old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
+        if folder.exists():  # moved aside first: the name never points at half a folder
+            os.replace(folder, old)
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(folder.with_name(f".old-{folder.name}-{os.getpid()}"), ignore_errors=True)
     return folder
 
 
