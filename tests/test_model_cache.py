@@ -179,3 +179,26 @@ def test_prepared_smollm2_folder_is_checksummed(tmp_path: Path, monkeypatch: pyt
     assert pretrained._smollm2_cache_ok(folder), "a byte flip inside the tensors was undetectable then"
     weights.write_bytes(weights.read_bytes()[:-4])
     assert not pretrained._smollm2_cache_ok(folder)
+
+
+def test_model_trained_from_another_release_of_its_data_is_retrained(monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """28.1: a trained-model cache derived from an input that changed is not reused."""
+    from course_utils import assets
+
+    final = _publish_tiny(model_cache.model_dir(pretraining.CHAR_GPT_NAME, "ci"))
+    assert model_cache.is_current(final, RECIPE)
+    old = assets.get("shakespeare")
+    monkeypatch.setitem(assets.REGISTRY, "shakespeare", assets.Asset(
+        old.name, old.package, "3.0.1", old.filename, "f" * 64, old.members, old.strip, old.description))
+    assert not model_cache.is_current(final, RECIPE)
+    assert "another release of shakespeare" in capsys.readouterr().out
+    assert model_cache.inputs_record(model_cache.model_dir("minilm-tweets", "ci")).keys() == {"tweets", "minilm"}
+
+
+def test_model_inputs_name_the_models_the_course_caches() -> None:
+    from course_utils import finetune, llama_pretraining
+
+    names = {pretraining.CHAR_GPT_NAME, pretraining.ZH_BERT_NAME, finetune.TWEET_MODEL_NAME,
+             llama_pretraining.LLAMA_BPE_NAME}
+    assert set(model_cache.MODEL_INPUTS) == names
