@@ -15,9 +15,12 @@ Reads top to bottom:
   forward's auxiliary loss and statistics (:class:`RoutingStats`);
 * :class:`MoELanguageModel` -- the course GPT (``models/gpt.py``) with every block's MLP swapped
   for a dense :class:`SwiGLU` or an :class:`MoEFeedForward`, for the chapter's experiment:
-  a dense and an MoE model at equal *active* parameters on the same training budget.
+  a dense and an MoE model at equal *active* parameters on the same training budget;
+  :func:`train_lm` trains one with the course :class:`~course_utils.train.Trainer` and records
+  every step's expert utilisation.
 
-Defined in chapter 11, The modern decoder.
+The SwiGLU here is the same computation as ``models/llama.py``'s (which is built from a
+``LlamaConfig``); an expert only needs the two widths. Defined in chapter 11, The modern decoder.
 """
 from __future__ import annotations
 
