@@ -102,7 +102,7 @@ def parse_prose_claims(markdown: str, cell: int = 0) -> list[ProseClaim]:
             raise ValueError(f"cell {cell}: claim {m.group('name')!r} has tol={opts['tol']!r}; expected a number") from None
         if tol < 0 or not math.isfinite(tol):
             raise ValueError(f"cell {cell}: claim {m.group('name')!r} needs a finite tol >= 0, got {tol}")
-        found.append(ProseClaim(m.group("name"), m.group(0).split("<!--")[0].strip(), value, tol,
+        found.append(ProseClaim(m.group("name"), m.group(0).split("<!--")[0].strip().rstrip("*").rstrip(), value, tol,
                                 opts.get("profile"), cell))
     loose = [m.start() for m in LOOSE_RE.finditer(markdown)]
     if len(loose) != len(found):

@@ -1,9 +1,12 @@
-"""Chapter 7's on-screen definitions agree with the package (course_utils.metrics / finetune)."""
+"""Chapter 7's on-screen definitions agree with the package (course_utils.metrics / finetune /
+contrastive) and with the CRF head's implementation (torchcrf.CRF, inside models.bert)."""
 from __future__ import annotations
 
 import random
 
 import pytest
+import torch
+from torchcrf import CRF
 
 from course_utils.finetune import align_labels
 from course_utils.metrics import bio_entities
@@ -15,7 +18,7 @@ TYPES = ("PER", "LOC", "ORG")
 
 @pytest.fixture(scope="module")
 def nb():
-    return notebook_namespace(NOTEBOOK, ["bio_entities", "align_labels"])
+    return notebook_namespace(NOTEBOOK, ["bio_entities", "align_labels", "crf_score", "crf_log_partition", "viterbi"])
 
 
 def _random_tags(rng: random.Random, n: int) -> list[str]:
@@ -40,3 +43,28 @@ def test_align_labels_agrees(nb) -> None:
         labels = [rng.randrange(7) for _ in range(n_words)]
         for all_sub in (False, True):
             assert nb["align_labels"](word_ids, labels, all_sub) == align_labels(word_ids, labels, all_sub)
+
+
+def _random_crf(num_tags: int, seed: int) -> CRF:
+    crf = CRF(num_tags, batch_first=True)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # torchcrf starts near zero; spread the scores so that paths differ clearly
+        for p in (crf.start_transitions, crf.transitions, crf.end_transitions):
+            p.copy_(torch.randn(p.shape, generator=g) * 2)
+    return crf
+
+
+def test_crf_likelihood_and_viterbi_agree_with_torchcrf(nb) -> None:
+    """The notebook's forward algorithm and Viterbi give torchcrf's log-likelihood and best paths."""
+    g = torch.Generator().manual_seed(3)
+    for trial in range(40):
+        num_tags, length = 2 + trial % 6, 1 + (trial * 7) % 23
+        crf = _random_crf(num_tags, trial)
+        params = (crf.start_transitions.detach(), crf.transitions.detach(), crf.end_transitions.detach())
+        em = torch.randn(length, num_tags, generator=g) * 3
+        tags = torch.randint(num_tags, (length,), generator=g)
+        ours = nb["crf_score"](em, tags, *params) - nb["crf_log_partition"](em, *params)
+        with torch.no_grad():
+            theirs = crf(em[None], tags[None], reduction="sum")
+        assert torch.allclose(ours, theirs, atol=1e-4), (trial, float(ours), float(theirs))
+        assert nb["viterbi"](em, *params) == crf.decode(em[None])[0], trial
