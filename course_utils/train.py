@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def _finite_number(name: str, v: object) -> float:
     """``v`` as a float if it is a real, finite number (not a bool); else a ValueError naming ``name``."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
         raise ValueError(f"{name} must be a finite number, got {v!r}")
     return float(v)
 
