@@ -19,6 +19,7 @@ Defined in chapter 3, Attention math.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,18 @@ __all__ = [
     "sinusoidal_positions", "SinusoidalPositionalEncoding", "LearnedPositionalEmbedding",
     "rope_cos_sin", "rotate_half", "apply_rope",
 ]
+
+
+def _require_int(name: str, n: object, low: int = 1) -> int:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {n!r}")
+    return int(n)
+
+
+def _require_positive(name: str, x: object) -> float:
+    if isinstance(x, bool) or not isinstance(x, numbers.Real) or not 0 < x < math.inf:
+        raise ValueError(f"{name} must be a finite number > 0, got {x!r}")
+    return float(x)
 
 
 def _require_tensor(name: str, x: object, min_dim: int) -> Tensor:
@@ -100,9 +113,9 @@ def scaled_dot_product_attention(
         raise ValueError(f"q and k must share d_k, got q {tuple(q.shape)} and k {tuple(k.shape)}")
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(f"k and v must have the same T_k, got k {tuple(k.shape)} and v {tuple(v.shape)}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else _require_positive("scale", scale)
     scores = (q @ k.transpose(-2, -1)) * scale                      # [..., T_q, T_k]
     if is_causal:
         causal = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
@@ -137,6 +150,8 @@ def causal_mask(t_q: int, t_k: int | None = None, *, offset: int = 0,
     for name, n in (("t_q", t_q), ("t_k", t_k)):
         if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
             raise ValueError(f"{name} must be a positive int, got {n!r}")
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):
+        raise ValueError(f"offset must be an int (past tokens in a KV cache), got {offset!r}")
     return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
@@ -190,6 +205,7 @@ def attention_entropy(weights: Tensor) -> Tensor:
 def split_heads(x: Tensor, n_head: int) -> Tensor:
     """``[B, T, n_head * d_head] -> [B, n_head, T, d_head]``. Defined in chapter 3, Attention math."""
     _require_tensor("x", x, 3)
+    _require_int("n_head", n_head)
     b, t, d = x.shape
     if d % n_head:
         raise ValueError(f"last dim {d} is not divisible by n_head={n_head}")
@@ -297,8 +313,10 @@ def sinusoidal_positions(n_positions: int, d_model: int, base: float = 10000.0) 
 
     Defined in chapter 3, Attention math.
     """
-    if n_positions <= 0 or d_model <= 0 or d_model % 2:
-        raise ValueError(f"need n_positions > 0 and an even d_model > 0, got {n_positions}, {d_model}")
+    _require_int("n_positions", n_positions)
+    if _require_int("d_model", d_model) % 2:
+        raise ValueError(f"need an even d_model (sin/cos pairs), got d_model={d_model}")
+    _require_positive("base", base)
     pos = torch.arange(n_positions, dtype=torch.float32)[:, None]                 # [T, 1]
     inv_freq = base ** (-torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)  # [d/2]
     pe = torch.zeros(n_positions, d_model)
@@ -358,11 +376,11 @@ def rope_cos_sin(n_positions: int, head_dim: int, base: float = 10000.0, *,
 
     Defined in chapter 3, Attention math.
     """
-    if head_dim <= 0 or head_dim % 2:
+    if _require_int("head_dim", head_dim) % 2:
         raise ValueError(f"head_dim must be a positive even number, got {head_dim}")
+    _require_positive("base", base)
     if positions is None:
-        if n_positions <= 0:
-            raise ValueError(f"n_positions must be positive, got {n_positions}")
+        _require_int("n_positions", n_positions)
         positions = torch.arange(n_positions)
     inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = positions.float()[:, None] * inv_freq[None, :]                      # [T, head_dim/2]

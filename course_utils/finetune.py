@@ -14,6 +14,7 @@ Defined in chapter 7, Fine-tuning.
 from __future__ import annotations
 
 import math
+import numbers
 import random
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -42,13 +43,18 @@ def align_labels(word_ids: Sequence[int | None], word_labels: Sequence[int],
     sub-tokens get -100 (or the same label with ``label_all_subtokens=True``).
     Defined in chapter 7, Fine-tuning.
     """
+    if hasattr(word_labels, "tolist"):
+        word_labels = word_labels.tolist()
+    if isinstance(word_labels, (str, bytes)) or not isinstance(word_labels, Sequence) or any(
+            isinstance(y, bool) or not isinstance(y, numbers.Integral) or y < 0 for y in word_labels):
+        raise TypeError(f"word_labels must be a list of int label ids >= 0 (one per word), got {word_labels!r:.80}")
     labels: list[int] = []
     previous = None
     for w in word_ids:
         if w is None:
             labels.append(IGNORE_INDEX)
         elif not 0 <= w < len(word_labels):
-            raise ValueError(f"word id {w} out of range for {len(word_labels)} word labels")
+            raise ValueError(f"word_ids holds word id {w}, out of range for the {len(word_labels)} word_labels")
         elif w != previous:
             labels.append(int(word_labels[w]))
         else:
@@ -106,6 +112,8 @@ def collate(features: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, 
     ``labels`` ([B] for classification, [B, T] padded with -100 for token classification)."""
     if not features:
         raise ValueError("no features to collate")
+    if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, numbers.Integral) or pad_token_id < 0:
+        raise ValueError(f"pad_token_id must be a token id (an int >= 0), got {pad_token_id!r}")
     T = max(len(f["input_ids"]) for f in features)
     ids = torch.full((len(features), T), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(features), T), dtype=torch.long)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -36,6 +37,8 @@ def _check_logits(logits: Tensor) -> None:
     if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point():
         got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"expected float logits of shape [batch, vocab], got {got}")
+    if bool(torch.isnan(logits).any()):
+        raise ValueError("logits contain NaN (a diverged model or a bad input); no token can be chosen from them")
 
 
 def _check_ids(ids: Tensor, name: str = "ids") -> None:
@@ -44,6 +47,8 @@ def _check_ids(ids: Tensor, name: str = "ids") -> None:
         raise ValueError(f"expected {name} as an integer tensor of shape [batch, seq_len], got {got}")
     if ids.shape[1] == 0:
         raise ValueError(f"{name} must hold at least one token (a prompt); got seq_len 0")
+    if int(ids.min()) < 0:
+        raise ValueError(f"{name} must be token ids >= 0, got {int(ids.min())}")
 
 
 def _check_positive(value: float, name: str, hint: str = "") -> None:
@@ -57,7 +62,7 @@ def _check_int(value: int, name: str, low: int) -> None:
 
 
 def _check_top_p(top_p: float) -> None:
-    if not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
@@ -116,6 +121,8 @@ def apply_repetition_penalty(logits: Tensor, ids: Tensor, penalty: float) -> Ten
     _check_positive(penalty, "repetition_penalty", " (1.0 = no penalty)")
     if ids.shape[0] != logits.shape[0]:
         raise ValueError(f"ids has batch {ids.shape[0]} but logits has batch {logits.shape[0]}")
+    if int(ids.max()) >= logits.shape[-1]:
+        raise ValueError(f"ids must be below the vocabulary size {logits.shape[-1]} of logits, got {int(ids.max())}")
     ids = ids.long().to(logits.device)
     seen = torch.gather(logits, 1, ids)                                   # [B, T]
     seen = torch.where(seen < 0, seen * penalty, seen / penalty)
@@ -150,6 +157,8 @@ def sample_next(logits: Tensor, generator: torch.Generator | None = None) -> Ten
     logits: [B, V] -> ids [B, 1]. Defined in chapter 6, Generation.
     """
     _check_logits(logits)
+    if not bool(torch.isfinite(logits).any(dim=-1).all()):
+        raise ValueError("logits: a row has no finite logit (every token filtered out); nothing to sample")
     probs = F.softmax(logits.float(), dim=-1)
     if generator is not None and generator.device != probs.device:   # e.g. a CPU generator, CUDA logits
         return torch.multinomial(probs.to(generator.device), 1, generator=generator).to(probs.device)
@@ -253,6 +262,8 @@ def generate(model_or_fn: torch.nn.Module | NextLogits, ids: Tensor, max_new_tok
     if top_p is not None:
         _check_top_p(top_p)
     _check_positive(repetition_penalty, "repetition_penalty", " (1.0 = no penalty)")
+    if eos_token_id is not None:
+        _check_int(eos_token_id, "eos_token_id", 0)
     step = _as_step(model_or_fn, use_cache)
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     cache = None
@@ -389,8 +400,9 @@ def bits_per_char(total_nll_nats: float, n_chars: int) -> float:
 
     Defined in chapter 6, Generation.
     """
-    if not isinstance(n_chars, int) or n_chars < 1:
+    if isinstance(n_chars, bool) or not isinstance(n_chars, int) or n_chars < 1:
         raise ValueError(f"n_chars must be a positive integer, got {n_chars!r}")
-    if not math.isfinite(total_nll_nats) or total_nll_nats < 0:
+    if (isinstance(total_nll_nats, bool) or not isinstance(total_nll_nats, numbers.Real)
+            or not math.isfinite(total_nll_nats) or total_nll_nats < 0):
         raise ValueError(f"total_nll_nats must be a finite number >= 0, got {total_nll_nats!r}")
     return total_nll_nats / math.log(2) / n_chars

@@ -19,6 +19,7 @@ Defined in chapter 7, Fine-tuning.
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -166,9 +167,9 @@ def compare_classifiers(predictions_a: Sequence[int], predictions_b: Sequence[in
 
     pa, refs = _check_pair(predictions_a, references, ignore_index)
     pb, _ = _check_pair(predictions_b, references, ignore_index)
-    if not isinstance(n_resamples, int) or n_resamples < 1:
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
         raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
-    if not 0.0 < confidence < 1.0:
+    if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real) or not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     diff = np.array([(a == t) - (b == t) for a, b, t in zip(pa, pb, refs)], dtype=np.float64)  # -1, 0 or +1
     rng = np.random.default_rng(seed)
@@ -221,8 +222,9 @@ def entity_scores(predictions: Sequence[Sequence[str]], references: Sequence[Seq
     same ``(type, start, end)`` is in the reference of the same sentence.
     Defined in chapter 7, Fine-tuning.
     """
-    if isinstance(predictions, str) or isinstance(references, str):
-        raise TypeError("predictions and references must be lists of tag sequences (one per sentence)")
+    for name, value in (("predictions", predictions), ("references", references)):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            raise TypeError(f"{name} must be a list of tag sequences (one per sentence), got {type(value).__name__}")
     preds, refs = list(predictions), list(references)
     if len(preds) != len(refs):
         raise ValueError(f"predictions and references hold different numbers of sentences ({len(preds)} vs {len(refs)})")
@@ -231,9 +233,10 @@ def entity_scores(predictions: Sequence[Sequence[str]], references: Sequence[Seq
     counts: dict[str, list[int]] = {}  # type -> [n_pred, n_true, n_correct]
     for k, (p_tags, t_tags) in enumerate(zip(preds, refs)):
         if isinstance(p_tags, str) or isinstance(t_tags, str):
-            raise TypeError(f"sentence {k}: expected a sequence of tags, got a string; wrap sentences in a list")
+            raise TypeError(f"sentence {k} of predictions/references: expected a sequence of tags, got a string; "
+                            "wrap sentences in a list")
         if len(p_tags) != len(t_tags):
-            raise ValueError(f"sentence {k}: {len(p_tags)} predicted tags vs {len(t_tags)} reference tags")
+            raise ValueError(f"sentence {k}: {len(p_tags)} tags in predictions vs {len(t_tags)} in references")
         p_ents, t_ents = set(bio_entities(p_tags)), set(bio_entities(t_tags))
         for typ, *_ in p_ents:
             counts.setdefault(typ, [0, 0, 0])[0] += 1

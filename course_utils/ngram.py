@@ -21,6 +21,8 @@ Defined in chapter 1, Background.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -74,9 +76,9 @@ class NGramLM:
             raise ValueError(f"n must be an integer >= 1 (1 = unigram), got {n!r}")
         if smoothing not in SMOOTHINGS:
             raise ValueError(f"unknown smoothing {smoothing!r}; expected one of {', '.join(SMOOTHINGS)}")
-        if not k > 0:
-            raise ValueError(f"add-k smoothing needs k > 0, got k={k!r}")
-        if not 0 < discount <= 1:
+        if isinstance(k, bool) or not isinstance(k, numbers.Real) or not 0 < k < math.inf:
+            raise ValueError(f"add-k smoothing needs a finite k > 0, got k={k!r}")
+        if isinstance(discount, bool) or not isinstance(discount, numbers.Real) or not 0 < discount <= 1:
             raise ValueError(f"Kneser-Ney discount must be in (0, 1], got {discount!r}")
         if bos == unk:
             raise ValueError("bos and unk must be different tokens")
@@ -103,6 +105,9 @@ class NGramLM:
 
     @staticmethod
     def _as_sequences(data: object) -> list[Sequence[Hashable]]:
+        if isinstance(data, (bytes, bytearray)):
+            raise TypeError("data must be a str (characters), a list of tokens or a list of token lists, "
+                            "not bytes; decode it first")
         if isinstance(data, str):
             return [data]
         if isinstance(data, Sequence) and len(data) > 0 and all(
@@ -110,7 +115,7 @@ class NGramLM:
             return list(data)  # several sequences
         if isinstance(data, Sequence):
             return [data]      # one sequence of tokens (e.g. a list of words)
-        raise TypeError("expected a string (characters), a list of tokens, or a list of token lists; "
+        raise TypeError("data: expected a string (characters), a list of tokens, or a list of token lists; "
                         f"got {type(data).__name__}")
 
     @property
@@ -248,7 +253,10 @@ class NGramLM:
 
     def cross_entropy(self, data: str | Sequence[Hashable] | Sequence[Sequence[Hashable]]) -> float:
         """Mean negative log-likelihood per token in nats (``inf`` if a token gets probability 0)."""
-        lp = np.concatenate([self.log_probs(s) for s in self._as_sequences(data)])
+        seqs = self._as_sequences(data)
+        if not any(len(s) for s in seqs):
+            raise ValueError("data is empty: there is no token to score")
+        lp = np.concatenate([self.log_probs(s) for s in seqs])
         return float(-lp.mean())
 
     def perplexity(self, data: str | Sequence[Hashable] | Sequence[Sequence[Hashable]]) -> float:
@@ -285,10 +293,10 @@ class NGramLM:
                seed: int | None = None, temperature: float = 1.0) -> list[Hashable]:
         """Draw ``num_tokens`` tokens one at a time from P(w | last n-1 tokens)."""
         self._require_fit()
-        if not isinstance(num_tokens, int) or num_tokens < 0:
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 0:
             raise ValueError(f"num_tokens must be a non-negative integer, got {num_tokens!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 < temperature < math.inf:
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         rng = np.random.default_rng(seed)
         history = list(context)
         out: list[Hashable] = []

@@ -15,6 +15,7 @@ Defined in chapter 9, Risks.
 from __future__ import annotations
 
 import math
+import numbers
 import random
 import re
 from dataclasses import dataclass
@@ -143,9 +144,9 @@ def exposure(rank: int, n_candidates: int) -> float:
     0 when the true secret is the least likely candidate, ``log2(n)`` when it is the most
     likely one. Defined in chapter 9, Risks.
     """
-    if not isinstance(n_candidates, int) or n_candidates < 1:
+    if isinstance(n_candidates, bool) or not isinstance(n_candidates, int) or n_candidates < 1:
         raise ValueError(f"n_candidates must be a positive int, got {n_candidates!r}")
-    if not isinstance(rank, int) or not 1 <= rank <= n_candidates:
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= n_candidates:
         raise ValueError(f"rank must be an int in [1, {n_candidates}], got {rank!r}")
     return math.log2(n_candidates) - math.log2(rank)
 
@@ -228,8 +229,10 @@ def reliability_bins(confidence: Sequence[float], correct: Sequence[bool], n_bin
     y = np.asarray(correct, dtype=float)
     if c.ndim != 1 or c.shape != y.shape or c.size == 0:
         raise ValueError("confidence and correct must be non-empty sequences of the same length")
-    if np.any((c < 0) | (c > 1)) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError("confidences must be in [0, 1] and n_bins a positive int")
+    if not np.all((c >= 0) & (c <= 1)):   # (NaN fails both comparisons)
+        raise ValueError("confidence values must be numbers in [0, 1]")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
     idx = np.minimum((c * n_bins).astype(int), n_bins - 1)
     count = np.bincount(idx, minlength=n_bins)
     conf = np.bincount(idx, c, n_bins) / np.maximum(count, 1)
@@ -315,7 +318,7 @@ def spearman(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tenso
 def top_k_overlap(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor, k: int) -> float:
     """|top-k(a) ∩ top-k(b)| / k: how many of the k highest positions the two scores share."""
     x, y = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
-    if x.shape != y.shape or not isinstance(k, int) or not 1 <= k <= x.size:
+    if x.shape != y.shape or isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= x.size:
         raise ValueError(f"need equal-length vectors and 1 <= k <= {x.size}, got k={k!r}")
     top = lambda v: set(np.argsort(-v, kind="stable")[:k].tolist())  # noqa: E731
     return len(top(x) & top(y)) / k
@@ -324,8 +327,9 @@ def top_k_overlap(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.
 # ------------------------------------------------------------------------------ cost
 def training_flops(n_params: float, n_tokens: float) -> float:
     """6·N·D: forward (2 FLOPs per parameter per token) plus backward (4). Defined in chapter 9, Risks."""
-    if not n_params > 0 or not n_tokens > 0:
-        raise ValueError(f"n_params and n_tokens must be > 0, got {n_params!r}, {n_tokens!r}")
+    for name, v in (("n_params", n_params), ("n_tokens", n_tokens)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < math.inf:
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     return 6.0 * float(n_params) * float(n_tokens)
 
 
@@ -333,8 +337,8 @@ def training_days(flops: float, n_devices: int, peak_flops_per_device: float, ut
     """Days of wall-clock time for ``flops`` on ``n_devices`` running at ``utilisation`` of peak."""
     if not flops > 0 or not isinstance(n_devices, int) or n_devices < 1 or not peak_flops_per_device > 0:
         raise ValueError("flops and peak_flops_per_device must be > 0 and n_devices a positive int")
-    if not 0 < utilisation <= 1:
-        raise ValueError(f"utilisation must be in (0, 1], got {utilisation!r}")
+    if isinstance(utilisation, bool) or not isinstance(utilisation, numbers.Real) or not 0 < utilisation <= 1:
+        raise ValueError(f"utilisation must be a number in (0, 1], got {utilisation!r}")
     return flops / (n_devices * peak_flops_per_device * utilisation) / 86400.0
 
 

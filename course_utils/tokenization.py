@@ -24,6 +24,16 @@ CHAR_FILE = "chars.json"
 
 
 # --------------------------------------------------------------------------- characters
+class UnknownCharacterError(KeyError, ValueError):
+    """Characters of ``text`` that a :class:`CharTokenizer` without ``unk_token`` does not know.
+
+    A ``ValueError`` (a bad argument) that stays a ``KeyError`` for code written against the
+    earlier behaviour."""
+
+    def __str__(self) -> str:   # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""
+
+
 class CharTokenizer:
     """Characters <-> ids. ``from_text`` gives each distinct character an id, in sorted order.
 
@@ -70,7 +80,7 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         """``text`` -> ids [len(text)]. Unknown characters: ``<unk>`` id, or a ``KeyError`` naming them."""
         if not isinstance(text, str):
-            raise TypeError(f"encode expects a string, got {type(text).__name__}")
+            raise TypeError(f"text must be a string, got {type(text).__name__}")
         unk = self.unk_token_id
         if unk is not None:
             return [self.stoi.get(c, unk) for c in text]
@@ -78,17 +88,19 @@ class CharTokenizer:
             return [self.stoi[c] for c in text]
         except KeyError:
             missing = sorted({c for c in text if c not in self.stoi})
-            raise KeyError(f"characters not in the vocabulary: {missing!r}; build the tokenizer from a text "
-                           "that contains them or pass unk_token='<unk>'") from None
+            raise UnknownCharacterError(f"text has characters not in the vocabulary: {missing!r}; build the "
+                                        "tokenizer from a text that contains them or pass unk_token='<unk>'") from None
 
     def decode(self, ids: Iterable[int]) -> str:
         """ids (a list, or a 1-D tensor/array) -> text."""
         if hasattr(ids, "tolist"):
             ids = ids.tolist()  # type: ignore[union-attr]
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise TypeError(f"ids must be a list (or 1-D tensor) of int ids, got {type(ids).__name__}")
         out = []
         for i in ids:
             if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(self.chars):
-                raise ValueError(f"id {i!r} is not in 0..{len(self.chars) - 1}")
+                raise ValueError(f"ids: id {i!r} is not in 0..{len(self.chars) - 1}")
             out.append(self.chars[i])
         return "".join(out)
 
@@ -120,12 +132,14 @@ class CharTokenizer:
 def _check_training_input(texts: Iterable[str] | str, vocab_size: int, specials: Sequence[str]) -> list[str]:
     if isinstance(texts, str):
         texts = [texts]
+    if isinstance(texts, bytes) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a non-empty list of strings (or one string), got {type(texts).__name__}")
     texts = list(texts)
     if not texts or not all(isinstance(t, str) for t in texts):
         raise TypeError("texts must be a non-empty list of strings (or one string)")
     if not any(t.strip() for t in texts):
         raise ValueError("texts contain no characters to learn from")
-    if not isinstance(vocab_size, int) or vocab_size <= len(specials):
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= len(specials):
         raise ValueError(f"vocab_size must be an integer larger than the {len(specials)} special tokens, "
                          f"got {vocab_size!r}")
     return texts
@@ -249,5 +263,5 @@ def tokens_per_char(tokenizer: Any, texts: Sequence[str]) -> float:
     return sum(len(e.ids) for e in encs) / n_chars
 
 
-__all__ = ["CharTokenizer", "train_bpe", "train_wordpiece", "to_fast_tokenizer", "wrap", "tokens_per_char",
+__all__ = ["CharTokenizer", "UnknownCharacterError", "train_bpe", "train_wordpiece", "to_fast_tokenizer", "wrap", "tokens_per_char",
            "BPE_SPECIALS", "WORDPIECE_SPECIALS"]

@@ -219,6 +219,8 @@ class BertModel(_BertBase):
         if input_ids.device.type == "cpu" and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= c.vocab_size):
             raise ValueError(f"input_ids outside [0, {c.vocab_size})")
         for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor [B, T] or None, got {type(t).__name__}")
             if t is not None and tuple(t.shape) != (B, T):
                 raise ValueError(f"{name} must have the shape of input_ids {(B, T)}, got {tuple(t.shape)}")
         segments = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
@@ -304,9 +306,9 @@ class BertForSequenceClassification(_BertBase):
         out = self.bert(input_ids, attention_mask, token_type_ids, output_attentions)
         out.logits = self.classifier(self.drop(out.pooler_output))
         if labels is not None:
-            if labels.shape != out.logits.shape[:1]:
+            if not isinstance(labels, torch.Tensor) or labels.shape != out.logits.shape[:1]:
                 raise ValueError(f"labels must be one class id per example, shape {tuple(out.logits.shape[:1])}, "
-                                 f"got {tuple(labels.shape)} (not the input_ids!)")
+                                 f"got {getattr(labels, 'shape', type(labels).__name__)} (not the input_ids!)")
             check_class_ids("labels", labels, self.config.num_labels)
             out.loss = F.cross_entropy(out.logits, labels)
         return out
@@ -347,9 +349,9 @@ class BertForTokenClassification(_BertBase):
         out = self.bert(input_ids, attention_mask, token_type_ids, output_attentions)
         out.logits = self.classifier(self.drop(out.last_hidden_state))
         if labels is not None:
+            check_class_ids("labels", labels, self.config.num_labels)
             if labels.shape != input_ids.shape:
                 raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
-            check_class_ids("labels", labels, self.config.num_labels)
             if self.crf is None:
                 out.loss = F.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)), labels.reshape(-1),
                                            ignore_index=IGNORE_INDEX)

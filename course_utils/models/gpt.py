@@ -10,6 +10,7 @@ Defined in chapter 4, The Transformer.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -30,6 +31,8 @@ IGNORE_INDEX = -100  # targets equal to this are left out of the loss (PyTorch's
 def check_class_ids(name: str, y: torch.Tensor, n: int) -> None:
     """Refuse float ``y`` and ids outside ``[0, n)`` other than the ignore index -100, with a clear
     error (instead of an IndexError deep in ``F.cross_entropy``, or a CUDA device assert)."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class ids, got {type(y).__name__}")
     if y.dtype.is_floating_point or y.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor of class ids, got {y.dtype}")
     if y.device.type != "xla" and bool(((y != IGNORE_INDEX) & ((y < 0) | (y >= n))).any()):
@@ -56,8 +59,9 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if (isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real)
+                or not 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -326,14 +330,16 @@ class GPT(nn.Module):
         """
         self._check_idx(idx)
         if idx.size(1) == 0:
-            raise ValueError("generate() needs a prompt of at least one token")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError("generate() needs a prompt of at least one token in idx (got shape [B, 0])")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+                or not 0 <= temperature < math.inf):
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
+        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real)
+                                  or not 0.0 < top_p <= 1.0):
             raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
         was_training, bs, cache = self.training, self.config.block_size, None
         self.eval()

@@ -194,9 +194,9 @@ class Seq2SeqTransformer(nn.Module):
             raise ValueError(f"src_mask must have the shape of src {tuple(src.shape)}, got {tuple(src_mask.shape)}")
         out = self.decode(tgt_in, self.encode(src, src_mask), src_mask, output_attentions)
         if labels is not None:
+            check_class_ids("labels", labels, self.config.tgt_vocab_size)
             if labels.shape != tgt_in.shape:
                 raise ValueError(f"labels must have the shape of tgt_in {tuple(tgt_in.shape)}, got {tuple(labels.shape)}")
-            check_class_ids("labels", labels, self.config.tgt_vocab_size)
             out.loss = F.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)), labels.reshape(-1),
                                        ignore_index=IGNORE_INDEX)
         return out
