@@ -215,28 +215,34 @@ class ChatWidget:
     """An ipywidgets chat box around a :class:`ChatSession`: transcript, text field, Send, Clear.
 
     It behaves like a chat: Enter (or Send) sends; the message shows at once with a
-    "thinking…" bubble; the reply streams in token by token (:meth:`ChatSession.stream`); Send and
-    the text field are disabled while the model generates; Clear forgets the conversation.
-    ``display(widget.box)`` shows it; :meth:`on_send` is what Enter and Send call, so a headless
-    run can call it directly. Defined in chapter 8, Applications.
+    "thinking…" bubble; the reply streams in token by token (:meth:`ChatSession.stream_reply`);
+    Send and the text field are disabled while the model generates; Clear forgets the
+    conversation. ``display(widget.box)`` shows it. Enter and Send call :meth:`on_send` after
+    ``sync_delay`` seconds in a background thread (see :meth:`_request_send`; ``0``: at once, in
+    the caller's thread); a headless run calls :meth:`on_send` directly.
+    Defined in chapter 8, Applications.
     """
 
     THINKING = "thinking…"
 
-    def __init__(self, session: ChatSession):
+    def __init__(self, session: ChatSession, sync_delay: float = 0.3):
         import ipywidgets as widgets
 
         if not isinstance(session, ChatSession):
             raise TypeError(f"session must be a ChatSession, got {type(session).__name__}")
+        if not isinstance(sync_delay, (int, float)) or not 0 <= sync_delay <= 5:
+            raise ValueError(f"sync_delay must be a number of seconds in [0, 5], got {sync_delay!r}")
         self.session = session
+        self.sync_delay = float(sync_delay)
         self._busy = False
+        self._lock = threading.Lock()   # one reply at a time, whichever thread asks
         self.text = widgets.Text(placeholder="Type a message and press Enter",
                                  layout=widgets.Layout(width="70%"))
         self.button = widgets.Button(description="Send", button_style="primary", tooltip="send (Enter)")
         self.clear_button = widgets.Button(description="Clear", tooltip="forget the conversation")
         self.status = widgets.HTML(value="")
         self.transcript = widgets.HTML(value=self.render())
-        self.button.on_click(self.on_send)
+        self.button.on_click(self._request_send)
         self.clear_button.on_click(self.on_clear)
         self.text.on_msg(self._on_text_msg)   # Enter: the front end sends {"event": "submit"}
         self.box = widgets.VBox([self.transcript, widgets.HBox([self.text, self.button, self.clear_button]),
@@ -273,13 +279,36 @@ class ChatWidget:
 
     def _on_text_msg(self, _widget: Any, content: dict, _buffers: Any) -> None:
         if isinstance(content, dict) and content.get("event") == "submit":
+            self._request_send()
+
+    def _request_send(self, _button: Any = None) -> None:
+        """Enter or Send: send after ``sync_delay`` seconds, in a background thread.
+
+        The browser sends Enter and clicks at once, but holds back the text field's latest value
+        while the kernel has not acknowledged the previous one (ipywidgets' throttling); read at
+        once, the value can be a few keystrokes short (measured in the browser test: "N" for
+        "Name a colour."). The delay lets the value arrive; the thread keeps the kernel free to
+        process it, and the reply streams from there.
+        """
+        if self.sync_delay == 0:
             self.on_send()
+            return
+        timer = threading.Timer(self.sync_delay, self.on_send)
+        timer.daemon = True
+        timer.start()
 
     def on_send(self, _button: Any = None) -> None:
         """Send the text field's message (nothing when it is empty or a reply is being generated)."""
-        message = self.text.value.strip()
-        if not message or self._busy:
+        if not self._lock.acquire(blocking=False):
             return
+        try:
+            message = self.text.value.strip()
+            if message:
+                self._reply_to(message)
+        finally:
+            self._lock.release()
+
+    def _reply_to(self, message: str) -> None:
         self._set_busy(True)
         self.text.value = ""
         self.session.add("user", message)

@@ -77,7 +77,7 @@ def test_real_session_widget_and_summary(smollm2) -> None:
     """One SmolLM2 load: a chat turn through the widget's click handler, a short summary."""
     model, tokenizer = smollm2
     session = ChatSession(model, tokenizer, max_context_tokens=40, max_new_tokens=4)
-    widget = ChatWidget(session)
+    widget = ChatWidget(session, sync_delay=0)
     assert "no messages yet" in widget.transcript.value
     widget.text.value = "Say hello <b>please</b>"
     widget.on_send(widget.button)  # what a click on "Send" calls
@@ -100,6 +100,8 @@ def test_real_session_widget_and_summary(smollm2) -> None:
     assert isinstance(summary, str) and summary
     with pytest.raises(TypeError, match="ChatSession"):
         ChatWidget("not a session")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sync_delay"):
+        ChatWidget(session, sync_delay=-1)
 
 
 def test_chat_stream_yields_the_generated_reply(smollm2) -> None:
@@ -122,7 +124,7 @@ def _submit(text_widget) -> None:
 def test_widget_enter_sends_shows_message_at_once_and_streams(smollm2) -> None:
     model, tokenizer = smollm2
     session = ChatSession(model, tokenizer, max_context_tokens=200, max_new_tokens=10)
-    widget = ChatWidget(session)
+    widget = ChatWidget(session, sync_delay=0)
     seen: list[tuple[str, bool, bool, str]] = []   # transcript, Send disabled, field disabled, status
     widget.transcript.observe(lambda ch: seen.append((ch["new"], widget.button.disabled, widget.text.disabled,
                                                       widget.status.value)), names="value")
@@ -162,3 +164,24 @@ def test_widget_shows_a_failed_generation_and_recovers(smollm2) -> None:
     assert not widget.busy and not widget.button.disabled and "hello" in widget.transcript.value
     with pytest.raises(ValueError, match="end with a user message"):
         next(ChatSession(None, None).stream_reply())
+
+
+def test_widget_waits_for_the_field_value_that_arrives_after_enter(smollm2) -> None:
+    """In the browser, Enter can reach the kernel before the field's last keystrokes (ipywidgets
+    holds a value update back until the previous one is acknowledged). The widget sends after
+    ``sync_delay`` seconds, in a thread, so the whole message goes out and the field is emptied."""
+    import threading
+    import time
+
+    model, tokenizer = smollm2
+    session = ChatSession(model, tokenizer, max_context_tokens=200, max_new_tokens=3)
+    widget = ChatWidget(session, sync_delay=0.2)
+    widget.text.value = "N"              # what the kernel has when Enter arrives
+    _submit(widget.text)
+    widget.text.value = "Name a colour."   # the held-back update, arriving just after Enter
+    deadline = time.monotonic() + 60
+    while (len(session.history) < 2 or widget.busy or widget.text.value) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert session.history[0]["content"] == "Name a colour.", "the full message was sent, not its first letter"
+    assert widget.text.value == "" and not widget.busy
+    assert not [t for t in threading.enumerate() if t.name == "chat_stream"], "the generation thread ended"

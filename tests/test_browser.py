@@ -1,19 +1,32 @@
-"""JupyterLab in headless Chromium: run chapter 3 and see the offline attention view drawn.
+"""JupyterLab in headless Chromium: Run All Cells in every notebook, offline, and check what a learner sees.
 
 A JupyterLab server is started on 127.0.0.1 (random free port, random token) over a temporary
 copy of ``notebooks/`` (JupyterLab autosaves, and the repository's notebooks must stay without
-outputs). Debian's Chromium, driven by selenium through ``/usr/bin/chromedriver``, opens
-``03_attention_math.ipynb``, runs all cells (Run > Run All Cells) in the ``ci`` profile and
-checks that the offline view (``course_utils.viz.attention_view``) drew its heads, that the
-ipywidgets explorer rendered, and that no cell raised. Outbound network is blocked three ways:
-the pytest process by the conftest guard, the server and its kernels by ``tests/netguard`` on
-``PYTHONPATH``, and Chromium by ``--host-resolver-rules``.
+outputs). Debian's Chromium, driven by selenium through ``/usr/bin/chromedriver``, opens each
+notebook found by ``notebooks/*.ipynb`` and ``notebooks/solutions/*.ipynb`` (in that order: later
+chapters reuse models earlier ones cache), clicks Run > Run All Cells in the ``ci`` profile, waits
+for the last cell, and fails on:
 
+* a cell that did not run (Run All stops at an error; JupyterLab ignores ``skip-execution`` tags);
+* any error output or traceback, any "Javascript Error" rendered in an output;
+* any stderr line not on the reviewed allow-list :data:`STDERR_ALLOWED`;
+* a kernel still busy after the last cell;
+* a bertviz view (``div.cu-bertviz``) or a course view (``div.cu-attn-view``) without its drawn SVG.
+
+Chapter 3 must show its bertviz head and model views and the offline views; in chapter 8 a
+message typed into the chat box and sent with Enter must get an answer. Outbound network is
+blocked three ways: the pytest process by the conftest guard, the server and its kernels by
+``tests/netguard`` on ``PYTHONPATH``, and Chromium by ``--host-resolver-rules``.
+
+``COURSE_BROWSER_NOTEBOOKS`` (a glob relative to ``notebooks/``, e.g. ``03_*.ipynb``) limits the
+run; ``COURSE_BROWSER_TIMEOUT`` (seconds per notebook, default 420) suits a slow machine;
+``COURSE_SCREENSHOT_DIR`` keeps screenshots of failures and of the checked views.
 Without Chromium or its driver the test is skipped with the command that installs them, except
 when ``CI=true``, where that is a failure.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -34,17 +47,38 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parent.parent
 NETGUARD = REPO / "tests" / "netguard"
-NOTEBOOK = "03_attention_math.ipynb"
 CHROMIUM = Path(os.environ.get("COURSE_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("COURSE_CHROMEDRIVER", "/usr/bin/chromedriver"))
 INSTALL_HINT = "apt-get install chromium chromium-driver"
-# from Run All to the offline view (MiniLM loaded and drawn), ci profile; generous for a loaded 2-core machine
-RUN_ALL_TIMEOUT_S = float(os.environ.get("COURSE_BROWSER_TIMEOUT", "180"))
+# Run All of one notebook in the ci profile, generous for a loaded 2-core machine
+NOTEBOOK_TIMEOUT_S = float(os.environ.get("COURSE_BROWSER_TIMEOUT", "420"))
+
+
+def _notebooks() -> list[str]:
+    """Every notebook of the course, relative to notebooks/, chapters first, then solutions."""
+    found = [p.relative_to(REPO / "notebooks").as_posix()
+             for pattern in ("*.ipynb", "solutions/*.ipynb") for p in sorted((REPO / "notebooks").glob(pattern))]
+    only = os.environ.get("COURSE_BROWSER_NOTEBOOKS")
+    return [n for n in found if fnmatch.fnmatch(n, only)] if only else found
+
+
+# stderr a learner may see without anything being wrong; each entry says why. Everything else
+# written to stderr (warnings, tracebacks, library noise) fails the test.
+STDERR_ALLOWED: tuple[tuple[str, str], ...] = (
+    (r"^\s*$", "blank lines"),
+    # tqdm's text bar (where its widget cannot be used, e.g. inside a library's own bar): "desc: 40%|####  | 2/5 [..]"
+    (r"^[^|\n]*\d+%\|.*\|\s*\d+(\.\d+)?[kMG]?/\d+(\.\d+)?[kMG]?\s*\[.*\]\s*$", "a tqdm progress bar"),
+)
+_ALLOWED = [re.compile(p) for p, _ in STDERR_ALLOWED]
+
+
+def _not_allowed(text: str) -> list[str]:
+    """The lines of a stderr output that no allow-list entry covers."""
+    lines = re.split(r"[\r\n]+", text)
+    return [line for line in lines if not any(p.match(line) for p in _ALLOWED)]
 
 
 _T0 = time.monotonic()
-
-
 def _mark(what: str) -> None:
     """Progress with elapsed time (shown with ``pytest -s``), to see where a slow run spends it."""
     print(f"[browser test {time.monotonic() - _T0:6.1f} s] {what}", flush=True)
@@ -164,35 +198,64 @@ def _click_menu(driver, menu: str, item: str) -> None:
     driver.find_element(By.XPATH, f"//li[contains(@class,'lm-Menu-item')][.//div[text()='{item}']]").click()
 
 
-def _snapshot(driver, path: Path, keep: str | None) -> None:
+def _snapshot(driver, name: str, tmp: Path) -> None:
+    path = tmp / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.png"
     driver.save_screenshot(str(path))
+    keep = os.environ.get("COURSE_SCREENSHOT_DIR")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(keep) / path.name)
 
 
-def _pixels_nontrivial(png: Path) -> tuple[int, float]:
-    """(number of distinct colours, fraction of non-white pixels) of a screenshot."""
-    from PIL import Image
-
-    img = Image.open(png).convert("RGB")
-    colours = img.getcolors(maxcolors=1 << 20) or []
-    total = img.width * img.height
-    white = sum(n for n, c in colours if min(c) > 245)
-    return len(colours), 1 - white / total
+def _api(lab: dict, path: str, method: str = "GET") -> object:
+    req = urllib.request.Request(f"{lab['url']}{path}", method=method,
+                                 headers={"Authorization": f"token {lab['token']}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        body = r.read()
+    return json.loads(body) if body else None
 
 
-def test_chapter3_offline_attention_view_renders(lab: dict, browser) -> None:
+def _shut_down_kernels(lab: dict) -> None:
+    """Free the CPU and memory of the previous notebook's kernel."""
+    for session in _api(lab, "/api/sessions"):
+        _api(lab, f"/api/sessions/{session['id']}", method="DELETE")
+
+
+# What the page shows, read in one script call: prompts of the code cells, stderr/error outputs,
+# rendered "Javascript Error"s and the views with their SVG.
+_PAGE_STATE_JS = r"""
+const cells = Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell'));
+const prompt = c => { const p = c.querySelector('.jp-InputPrompt'); return p ? p.textContent.trim() : ''; };
+const out = sel => Array.from(document.querySelectorAll(sel));
+return {
+  prompts: cells.map(prompt),
+  stderr: cells.flatMap((c, i) => Array.from(c.querySelectorAll(
+      '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'))
+      .map(e => ({cell: i, prompt: prompt(c), text: e.textContent}))),
+  jsErrors: out('.jp-OutputArea-output').map(e => e.textContent).filter(t => t.includes('Javascript Error')),
+  views: out('.cu-bertviz, .cu-attn-view').map(e => ({
+      kind: e.classList.contains('cu-bertviz') ? 'bertviz-' + e.dataset.view : 'course',
+      svgs: e.querySelectorAll('svg').length,
+      drawn: Array.from(e.querySelectorAll('svg')).filter(s => s.querySelectorAll('line, path, rect, text').length > 0).length,
+      inExplorer: !!e.closest('.cu-attn-explorer')})),
+};
+"""
+
+
+def _kernel_busy(lab: dict) -> bool:
+    return any(k.get("execution_state") != "idle" for k in _api(lab, "/api/kernels"))
+
+
+def _run_all(driver, lab: dict, notebook: str) -> dict:
+    """Open ``notebook``, Run All Cells, wait for the last cell; return the page state."""
     from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver = browser
-    driver.get(f"{lab['url']}/lab/tree/{NOTEBOOK}?token={lab['token']}")
+    _shut_down_kernels(lab)
+    driver.get(f"{lab['url']}/lab/tree/{notebook}?reset&token={lab['token']}")
     WebDriverWait(driver, 90).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")))
-    keep = os.environ.get("COURSE_SCREENSHOT_DIR")   # keep the screenshots there (to look at them)
 
     def kernel_idle(d) -> bool:
         bar = d.find_elements(By.ID, "jp-main-statusbar")
@@ -201,68 +264,109 @@ def test_chapter3_offline_attention_view_renders(lab: dict, browser) -> None:
     try:
         WebDriverWait(driver, 120).until(kernel_idle)
     except TimeoutException:
-        _snapshot(driver, lab["tmp"] / "no_kernel.png", keep)
-        pytest.fail("the notebook's kernel did not become idle within 120 s", pytrace=False)
-    _mark("kernel idle")
+        _snapshot(driver, f"{notebook}-no-kernel", lab["tmp"])
+        pytest.fail(f"{notebook}: the kernel did not become idle within 120 s", pytrace=False)
     _click_menu(driver, "Run", "Run All Cells")
-    _mark("notebook open, Run All Cells clicked")
+    start = time.monotonic()
+    stable_since = None
+    while True:   # done: no cell queued or running, and the kernel idle, for 3 s in a row
+        state = driver.execute_script(_PAGE_STATE_JS)
+        running = any("*" in p for p in state["prompts"])
+        if not running and not _kernel_busy(lab):
+            stable_since = stable_since or time.monotonic()
+            if time.monotonic() - stable_since > 3:
+                break
+        else:
+            stable_since = None
+        if time.monotonic() - start > NOTEBOOK_TIMEOUT_S:
+            _snapshot(driver, f"{notebook}-timeout", lab["tmp"])
+            ran = sum(bool(re.fullmatch(r"\[\d+\]:", p)) for p in state["prompts"])
+            pytest.fail(f"{notebook}: Run All not finished after {NOTEBOOK_TIMEOUT_S:.0f} s ({ran} of "
+                        f"{len(state['prompts'])} cells ran); a slow machine can raise COURSE_BROWSER_TIMEOUT",
+                        pytrace=False)
+        time.sleep(1)
+    state["seconds"] = time.monotonic() - start
+    return state
 
-    def errors() -> list[str]:   # JupyterLab renders a cell's exception as an stderr output
-        found = driver.execute_script(
-            "return Array.from(document.querySelectorAll("
-            "'.jp-OutputArea-output[data-mime-type=\"application/vnd.jupyter.stderr\"]'))"
-            ".map(e => e.textContent).filter(t => /Traceback|^\\W*\\w+(Error|Exception)\\b/.test(t))"
-            ".map(t => t.slice(0, 400));")
-        return [t for t in found if "KeyboardInterrupt" not in t]   # our own interrupt below
 
-    # 1. the offline view draws one svg.cu-attn-head per head (MiniLM layer 3: 12 heads)
-    try:
-        WebDriverWait(driver, RUN_ALL_TIMEOUT_S).until(lambda d: errors() or len(d.find_elements(
-            By.CSS_SELECTOR, ".jp-OutputArea .cu-attn-view[data-heads='12'] svg.cu-attn-head")) >= 12)
-    except TimeoutException:
-        ran = sum(bool(re.fullmatch(r"\[\d+\]:", p.text.strip()))
-                  for p in driver.find_elements(By.CSS_SELECTOR, ".jp-CodeCell .jp-InputPrompt"))
-        _snapshot(driver, lab["tmp"] / "timeout.png", keep)
-        pytest.fail(f"no offline attention view after {RUN_ALL_TIMEOUT_S:.0f} s ({ran} cells ran); "
-                    "a slow machine can raise COURSE_BROWSER_TIMEOUT")
-    assert not errors(), f"cells raised in JupyterLab: {errors()}"
-    _mark("offline view drawn")
-    if os.environ.get("COURSE_BROWSER_FULL_RUN") != "1":
-        _click_menu(driver, "Kernel", "Interrupt Kernel")   # the rest is nbmake's job; free the CPU
-    view = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea .cu-attn-view[data-heads='12']")[0]
-    heads = view.find_elements(By.CSS_SELECTOR, "svg.cu-attn-head")
-    assert sorted(int(h.get_attribute("data-head")) for h in heads) == list(range(12))
-    assert all(h.size["width"] > 20 and h.size["height"] > 20 for h in heads), "heads drawn with no size"
-    lines = view.find_elements(By.CSS_SELECTOR, "svg.cu-attn-lines line.cu-attn-line")
-    assert len(lines) > 16, "the line diagram drew no lines"
-    driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", view)
-    ActionChains(driver).move_to_element(driver.find_element(By.ID, "jp-top-panel")).perform()  # no hover
-    time.sleep(0.5)
-    shot = lab["tmp"] / "offline_view.png"
-    assert view.screenshot(str(shot)), "could not take a screenshot of the view"
-    n_colours, ink = _pixels_nontrivial(shot)
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, Path(keep) / shot.name)
-    assert n_colours > 20 and ink > 0.03, f"screenshot looks empty: {n_colours} colours, {ink:.1%} ink"
+def _problems(notebook: str, state: dict) -> list[str]:
+    problems = []
+    not_run = [i for i, p in enumerate(state["prompts"]) if not re.fullmatch(r"\[\d+\]:", p)]
+    if not_run:
+        problems.append(f"{len(not_run)} code cells did not run (first: code cell {not_run[0]})")
+    for out in state["stderr"]:
+        bad = _not_allowed(out["text"])
+        if bad:
+            kind = "a traceback" if "Traceback" in out["text"] or re.search(r"\w+(Error|Exception)\b", bad[0]) else "stderr"
+            shown = " | ".join(bad[:6])[:700]
+            problems.append(f"code cell {out['cell']} {out['prompt']} wrote {kind}: {shown}")
+    problems += [f"Javascript Error: {t[:300]}" for t in state["jsErrors"]]
+    problems += [f"a {v['kind']} view without its drawing ({v['svgs']} svg, {v['drawn']} drawn)"
+                 for v in state["views"] if v["drawn"] == 0]
+    return problems
 
-    # 2. the ipywidgets explorer rendered (widget manager alive: sliders and the HTML view)
-    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".cu-attn-explorer .widget-slider"))
-    assert driver.find_elements(By.CSS_SELECTOR, ".cu-attn-explorer .cu-attn-view svg.cu-attn-head")
 
-    # 3. no cell so far raised; COURSE_BROWSER_FULL_RUN=1 also waits for the last cell (nbmake
-    #    already runs the whole notebook; here the point is the browser, and time is short)
-    if os.environ.get("COURSE_BROWSER_FULL_RUN") == "1":
-        def finished(d) -> bool:
-            prompts = [p.text for p in d.find_elements(By.CSS_SELECTOR, ".jp-CodeCell .jp-InputPrompt")]
-            return bool(prompts) and all(p.strip() and "*" not in p for p in prompts)
+def _chapter3_views(state: dict) -> list[str]:
+    kinds = [v["kind"] for v in state["views"] if v["drawn"]]
+    problems = []
+    for kind, least in (("bertviz-head", 3), ("bertviz-model", 3), ("course", 4)):
+        if kinds.count(kind) < least:
+            problems.append(f"chapter 3 should draw at least {least} {kind} views (MiniLM, SmolLM2, the course GPT), "
+                            f"drew {kinds.count(kind)}")
+    if not any(v["inExplorer"] and v["drawn"] for v in state["views"]):
+        problems.append("the attention explorer (ipywidgets) did not draw its view")
+    return problems
 
-        WebDriverWait(driver, 2 * RUN_ALL_TIMEOUT_S).until(finished)
-        _mark("all cells finished")
-        prompts = [p.text.strip() for p in driver.find_elements(By.CSS_SELECTOR, ".jp-CodeCell .jp-InputPrompt")]
-        assert all(re.fullmatch(r"\[\d+\]:", p) for p in prompts), f"some cells did not run: {prompts}"
-    assert not errors(), f"cells raised in JupyterLab: {errors()}"
-    full = lab["tmp"] / "notebook.png"
-    driver.save_screenshot(str(full))
-    if keep:
-        shutil.copy(full, Path(keep) / full.name)
+
+def _chat_box_answers(driver, lab: dict) -> list[str]:
+    """Type a message into chapter 8's chat box, press Enter, wait for the streamed answer."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    boxes = driver.find_elements(By.CSS_SELECTOR, ".cu-chat")
+    if not boxes:
+        return ["chapter 8 shows no chat box (.cu-chat)"]
+    box = boxes[-1]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
+    count = lambda who: len(box.find_elements(By.CSS_SELECTOR, f".cu-chat-{who}"))  # noqa: E731
+    users, assistants = count("user"), count("assistant")
+    field = box.find_element(By.CSS_SELECTOR, "input[type='text']")
+    field.click()
+    field.send_keys("Name a colour.", Keys.ENTER)
+    seen_user_early = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        transcript = box.find_element(By.CSS_SELECTOR, ".cu-chat-transcript").text
+        seen_user_early |= "Name a colour." in transcript
+        send = box.find_element(By.XPATH, ".//button[normalize-space()='Send']")
+        if count("assistant") > assistants and send.is_enabled() and "▌" not in transcript \
+                and "thinking" not in transcript and not _kernel_busy(lab):
+            break
+        time.sleep(0.3)
+    else:
+        _snapshot(driver, "chat-box-no-answer", lab["tmp"])
+        return ["the chat box gave no complete answer within 120 s of a message sent with Enter"]
+    problems = []
+    if count("user") != users + 1:
+        problems.append("the message sent with Enter is not in the transcript")
+    reply = box.find_elements(By.CSS_SELECTOR, ".cu-chat-assistant")[-1].text
+    if not re.sub(r"^assistant:\s*", "", reply).strip():
+        problems.append("the chat box's answer is empty")
+    if not seen_user_early:
+        problems.append("the user's message never showed in the transcript")
+    return problems
+
+
+@pytest.mark.parametrize("notebook", _notebooks())
+def test_run_all_cells_in_jupyterlab(lab: dict, browser, notebook: str) -> None:
+    driver = browser
+    state = _run_all(driver, lab, notebook)
+    _mark(f"{notebook}: Run All finished in {state['seconds']:.0f} s")
+    problems = _problems(notebook, state)
+    if notebook.startswith("03_"):
+        problems += _chapter3_views(state)
+    if notebook.startswith("08_"):
+        problems += _chat_box_answers(driver, lab)
+    if problems:
+        _snapshot(driver, f"{notebook}-failed", lab["tmp"])
+    assert not problems, f"{notebook} in JupyterLab (Run All Cells, ci profile):\n- " + "\n- ".join(problems)
