@@ -233,3 +233,19 @@ def test_bertviz_views_reject_bad_input():
         viz.bertviz_view_html("head", fake_attentions(), "the cat")
     html_obj = viz.bertviz_head_view(fake_attentions(), TOKENS)
     assert "cu-bertviz" in html_obj.data and "cu-bertviz" in viz.bertviz_model_view(fake_attentions(), TOKENS).data
+
+
+def test_static_files_are_declared_package_data():
+    """A wheel holds only the non-Python files pyproject.toml names as package data; without them
+    an installed course_utils (Colab, pip install) could not draw bertviz's views offline."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    globs = config["tool"]["setuptools"].get("package-data", {}).get("course_utils", [])
+    shipped = sorted(p.name for p in (root / "course_utils" / "static").iterdir() if p.is_file())
+    missing = [name for name in shipped if not any(fnmatch.fnmatch(f"static/{name}", g) for g in globs)]
+    assert not missing, (f"add to pyproject.toml [tool.setuptools.package-data] course_utils = [...] a pattern "
+                         f"for {missing}")
