@@ -7,17 +7,17 @@ notebook one mechanism, in two forms.
 **1. Render the sentence from the values (preferred for results).** Record each value under a
 name as it is computed, then let a code cell print the sentence or table::
 
-    C = claims.Claims(P.name)
-    C.record("minilm_acc", tw_scores["accuracy"])          # returns the value
-    C.md("MiniLM scored **{minilm_acc:.3f}** on {n_test:,} tweets.", n_test=1000)   # Markdown
-    C.table({"MiniLM": {"accuracy": 0.781}}, fmt="{:.3f}")  # a Markdown table
+    CLAIMS = claims.Claims(P.name)
+    CLAIMS.record("minilm_acc", tw_scores["accuracy"])          # returns the value
+    CLAIMS.md("MiniLM scored **{minilm_acc:.3f}** on {n_test:,} tweets.", n_test=1000)   # Markdown
+    CLAIMS.table({"MiniLM": {"accuracy": 0.781}}, fmt="{:.3f}")  # a Markdown table
 
 **2. A figure that must stay in a Markdown cell** is followed by an HTML comment, invisible when
 the cell is rendered, that names the recorded value it states::
 
     MiniLM scored 0.781<!-- claim minilm_acc profile=laptop tol=0.01 --> on 1,000 tweets.
 
-``C.check_prose("07_fine_tuning.ipynb")`` (the notebook's last code cell) reads the notebook's
+``CLAIMS.check_prose("07_fine_tuning.ipynb")`` (the notebook's last code cell) reads the notebook's
 Markdown, and for every marked figure checks that the name was recorded in this run and, if the
 figure belongs to this run's profile (no ``profile=``: every profile), that the value agrees:
 within ``tol`` when given, else to the figure's printed precision (0.781 stands for
