@@ -50,3 +50,16 @@ def test_bpe_from_scratch_matches_tokenizers(nb: dict, num_merges: int) -> None:
 def test_merge_pair(nb: dict) -> None:
     assert nb["merge_pair"](("a", "b", "a", "b", "c"), ("a", "b")) == ("ab", "ab", "c")
     assert nb["merge_pair"](("a", "a", "a"), ("a", "a")) == ("aa", "a")
+
+
+def test_wordpiece_encode_matches_the_trained_wordpiece_tokenizer() -> None:
+    """The chapter's greedy longest-match-first encoder == tokenizers' WordPiece model, word by word."""
+    from course_utils.tokenization import train_wordpiece
+
+    wp_ns = notebook_namespace(NB, ["wordpiece_encode"])
+    tok = train_wordpiece(TEXT.split(". "), vocab_size=120, min_frequency=1)
+    vocab = set(tok.get_vocab())
+    words = sorted(set(re.findall(r"[A-Za-z]+", TEXT))) + ["Hippolytaxyz", "moonlight", "qz"]
+    for w in words:
+        assert wp_ns["wordpiece_encode"](w, vocab) == tok.encode(w, add_special_tokens=False).tokens, w
+    assert wp_ns["wordpiece_encode"]("q", {"a"}) == ["[UNK]"]

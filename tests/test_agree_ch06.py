@@ -49,3 +49,19 @@ def test_greedy_and_beam_agree(nb):
         ref = generation.beam_search(step, start, 4, num_beams=beams, length_penalty=0.0)
         assert torch.equal(seqs, ref.sequences)
         assert torch.allclose(scores, ref.scores, atol=1e-5)
+
+
+def test_kv_cache_formula_matches_a_gqa_model_cache():
+    """Chapter 6's 2·L·n_kv·d_head count == the bytes of the DynamicCache a GQA Llama fills (random weights)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    f = notebook_namespace("06_generation.ipynb", ["kv_cache_bytes_per_token"])["kv_cache_bytes_per_token"]
+    for n_kv in (1, 2, 4):                       # multi-query, grouped-query, multi-head
+        cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                          num_attention_heads=4, num_key_value_heads=n_kv, max_position_embeddings=64)
+        model = LlamaForCausalLM(cfg).eval()
+        ids = torch.randint(0, 50, (1, 9))
+        with torch.no_grad():
+            cache = model(ids, use_cache=True).past_key_values
+        measured = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+        assert measured == 9 * f(3, n_kv, 32 // 4, 4)
