@@ -127,7 +127,7 @@ def train_in_batch_negatives(model: torch.nn.Module, tokenizer, pairs: Sequence[
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
     return model.eval(), losses
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchcrf import CRF
 
+from course_utils.contrastive import info_nce
 from course_utils.finetune import align_labels
 from course_utils.metrics import bio_entities
 from tests.nbsource import notebook_namespace
@@ -18,7 +19,8 @@ TYPES = ("PER", "LOC", "ORG")
 
 @pytest.fixture(scope="module")
 def nb():
-    return notebook_namespace(NOTEBOOK, ["bio_entities", "align_labels", "crf_score", "crf_log_partition", "viterbi"])
+    return notebook_namespace(NOTEBOOK, ["bio_entities", "align_labels", "crf_score", "crf_log_partition", "viterbi",
+                                         "info_nce"])
 
 
 def _random_tags(rng: random.Random, n: int) -> list[str]:
@@ -68,3 +70,11 @@ def test_crf_likelihood_and_viterbi_agree_with_torchcrf(nb) -> None:
             theirs = crf(em[None], tags[None], reduction="sum")
         assert torch.allclose(ours, theirs, atol=1e-4), (trial, float(ours), float(theirs))
         assert nb["viterbi"](em, *params) == crf.decode(em[None])[0], trial
+
+
+def test_info_nce_agrees(nb) -> None:
+    g = torch.Generator().manual_seed(5)
+    for batch, dim, tau in [(2, 3, 1.0), (8, 16, 0.05), (32, 384, 0.01), (5, 7, 0.2)]:
+        q, p = torch.randn(batch, dim, generator=g), torch.randn(batch, dim, generator=g)
+        assert torch.allclose(nb["info_nce"](q, p, tau), info_nce(q, p, tau), rtol=1e-5, atol=1e-6), (batch, tau)
+        assert torch.allclose(nb["info_nce"](q, q + 0.1 * p, tau), info_nce(q, q + 0.1 * p, tau), rtol=1e-5, atol=1e-6)
