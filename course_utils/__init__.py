@@ -36,7 +36,7 @@ def start_notebook(profile: str | None = None, seed: int = 0, verbose: bool = Tr
     """
     import platform
 
-    from .device import describe_device, get_device, seed_everything
+    from .device import choose_precision, describe_device, get_device, seed_everything
 
     prof = get_profile(profile)
     seed_everything(seed)
@@ -44,7 +44,10 @@ def start_notebook(profile: str | None = None, seed: int = 0, verbose: bool = Tr
         versions = package_versions(("torch", "transformers", "datasets", "accelerate", "tokenizers"))
         print(f"course_utils {__version__} | python {platform.python_version()} | "
               + " | ".join(f"{k} {v}" for k, v in versions.items()))
-        print(f"device: {describe_device(get_device())} | profile: {prof.name} | seed: {seed}")
+        device = get_device()
+        print(f"device: {describe_device(device)} | profile: {prof.name} | seed: {seed}")
+        # e.g. "bf16 autocast (avx512_bf16, probe 2.2× fp32)": what Trainer's "auto" will use
+        print(f"precision: {choose_precision(device)}")
     return prof
 
 

@@ -1,15 +1,27 @@
 """Pick the device to run on, seed everything, and choose an autocast dtype.
 
 Order: an explicit override (argument or ``$COURSE_DEVICE``), then CUDA, XLA (a Colab TPU, via
-``torch_xla.device()``), MPS, CPU. Defined in chapter 0, Setup.
+``torch_xla.device()``), MPS, CPU.
+
+Precision: :func:`choose_precision` says which autocast dtype is worth using and why. On a GPU or
+TPU that is a property of the device (bf16, or fp16 with a gradient scaler on a T4). On a CPU it
+is decided by evidence: bf16 only where the processor has native bf16 instructions (AMX or
+AVX512-BF16 on x86, the BF16 extension on Arm) *and* a short matmul probe, timed here, shows
+bf16 clearly faster than fp32; fp32 otherwise. ``$COURSE_PRECISION`` (``auto`` | ``fp32`` |
+``bf16``) or the ``mode`` argument forces either. Defined in chapter 0, Setup.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
 import importlib.util
+import json
 import os
+import platform
 import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -17,6 +29,11 @@ import torch
 
 ENV_VAR = "COURSE_DEVICE"
 VALID_KINDS = ("cpu", "cuda", "mps", "xla")
+PRECISION_ENV_VAR = "COURSE_PRECISION"
+PRECISION_MODES = ("auto", "fp32", "bf16")
+# "auto" picks bf16 on a CPU only when the probe finds it at least this much faster than fp32:
+# a smaller gain on a matmul alone is eaten by the casts autocast adds around it
+MIN_CPU_BF16_SPEEDUP = 1.3
 
 
 def _xla_available() -> bool:
@@ -87,26 +104,252 @@ def seed_everything(seed: int = 0) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The mixed-precision dtype worth using on ``device``, or None for full fp32.
+# ------------------------------------------------------------------------------ precision
+def cpu_bf16_isa() -> str | None:
+    """The CPU's native bf16 instruction set, or None: ``"amx_bf16"``, ``"avx512_bf16"`` (x86) or
+    ``"bf16"`` (Arm's BF16 extension, e.g. Apple M2 and later, Graviton 3).
 
-    CUDA: bf16 where supported, else fp16. XLA (TPU): bf16. MPS: fp16. CPU: None (bf16 autocast
-    on CPU is correct but usually slower on small models, so the course trains in fp32 there).
+    Asks torch's own CPU feature checks first, then the flags in ``/proc/cpuinfo`` (Linux).
     """
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "xla":
-        return torch.bfloat16
-    if device.type == "mps":
-        return torch.float16
+    cpu = getattr(torch, "cpu", None)
+    for flag, check in (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported")):
+        fn = getattr(cpu, check, None)
+        try:
+            if fn is not None and fn():
+                return flag
+        except Exception:  # noqa: BLE001 - a private helper that changed: fall back to the flags
+            pass
+    flags = _cpuinfo_flags()
+    for flag in ("amx_bf16", "avx512_bf16", "bf16"):
+        if flag in flags:
+            return flag
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
+        return _apple_bf16()
     return None
 
 
+def _cpuinfo_flags() -> set[str]:
+    """The feature flags of the first CPU in ``/proc/cpuinfo`` (x86 ``flags``, Arm ``Features``)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return set(value.split())
+    return set()
+
+
+def _apple_bf16() -> str | None:  # pragma: no cover - macOS only
+    import subprocess
+
+    try:
+        out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return "bf16" if out == "1" else None
+
+
+@dataclass(frozen=True)
+class MatmulProbe:
+    """Best-of-``rounds`` speed of one MLP block's two matmuls (``F.linear`` of ``[tokens, width]``
+    by ``[4*width, width]``, then back), in fp32 and bf16 on the CPU, with ``threads`` threads."""
+
+    fp32_gflops: float
+    bf16_gflops: float
+    tokens: int
+    width: int
+    threads: int
+    cpu: str
+    torch: str
+
+    @property
+    def speedup(self) -> float:
+        """bf16 GFLOP/s over fp32 GFLOP/s (above 1: bf16 is faster)."""
+        return self.bf16_gflops / self.fp32_gflops
+
+
+def probe_cpu_matmul(tokens: int = 1024, width: int = 256, rounds: int = 9, repeat: int = 3) -> MatmulProbe:
+    """Time ``x[tokens, width] @ W1[4*width, width]ᵀ @ W2[width, 4*width]ᵀ`` (an MLP block of a
+    laptop-sized course model) in fp32 and in bf16 on the CPU.
+
+    The two precisions run alternately, ``rounds`` times, and each keeps its fastest time:
+    other programs on the machine can only slow a run down, so the best of several is the
+    closest to what the hardware does, and alternating exposes both precisions to the same
+    load. About 0.3 s on two cores.
+    """
+    import torch.nn.functional as F
+
+    for name, v in (("tokens", tokens), ("width", width), ("rounds", rounds), ("repeat", repeat)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    g = torch.Generator().manual_seed(0)
+    fp32 = (torch.randn(tokens, width, generator=g), torch.randn(4 * width, width, generator=g) * 0.05,
+            torch.randn(width, 4 * width, generator=g) * 0.05)
+    mats = {"fp32": fp32, "bf16": tuple(t.to(torch.bfloat16) for t in fp32)}
+    best = {k: float("inf") for k in mats}
+    with torch.no_grad():
+        for x, w1, w2 in mats.values():  # first calls pick kernels and allocate: not timed
+            F.linear(F.linear(x, w1), w2)
+        for r in range(rounds):
+            for name in (("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")):
+                x, w1, w2 = mats[name]
+                t0 = time.perf_counter()
+                for _ in range(repeat):
+                    F.linear(F.linear(x, w1), w2)
+                best[name] = min(best[name], (time.perf_counter() - t0) / repeat)
+    flops = 2 * 2 * tokens * width * 4 * width
+    return MatmulProbe(fp32_gflops=flops / best["fp32"] / 1e9, bf16_gflops=flops / best["bf16"] / 1e9,
+                       tokens=tokens, width=width, threads=torch.get_num_threads(), cpu=_cpu_name(),
+                       torch=torch.__version__)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+_PROBE_CACHE: dict[int, MatmulProbe] = {}
+PROBE_FILE = "cpu_precision_probe.json"
+
+
+def _probe_file() -> Path | None:
+    try:
+        from .assets import data_dir
+    except Exception:  # noqa: BLE001 - no data dir: keep the probe in memory only
+        return None
+    return data_dir() / "cache" / PROBE_FILE
+
+
+def cached_cpu_probe(refresh: bool = False) -> MatmulProbe:
+    """:func:`probe_cpu_matmul`, run once per process and thread count, and remembered in
+    ``<data dir>/cache/cpu_precision_probe.json`` for this CPU, torch version and thread count,
+    so that every notebook on one machine makes the same choice (a probe timed on a busy
+    machine would otherwise flip between runs). ``refresh=True`` measures again."""
+    threads = torch.get_num_threads()
+    if not refresh and threads in _PROBE_CACHE:
+        return _PROBE_CACHE[threads]
+    path, key = _probe_file(), f"{_cpu_name()} | torch {torch.__version__} | {threads} threads"
+    saved: dict = {}
+    if path is not None and path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            saved = {}
+    if not refresh and isinstance(saved.get(key), dict):
+        try:
+            _PROBE_CACHE[threads] = MatmulProbe(**saved[key])
+            return _PROBE_CACHE[threads]
+        except TypeError:
+            pass  # written by another version: measure again
+    probe = probe_cpu_matmul()
+    _PROBE_CACHE[threads] = probe
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            saved[key] = asdict(probe)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(saved, indent=1))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only data dir: the choice is still cached in memory
+    return probe
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What :func:`choose_precision` decided: ``dtype`` for autocast (None: plain fp32) and why."""
+
+    dtype: torch.dtype | None
+    reason: str
+    probe: MatmulProbe | None = None
+
+    @property
+    def name(self) -> str:
+        """``"bf16"``, ``"fp16"`` or ``"fp32"``."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        """e.g. ``bf16 autocast (avx512_bf16, probe 2.3× fp32)`` or ``fp32 (no native bf16 on this CPU)``."""
+        return f"{self.name} autocast ({self.reason})" if self.dtype is not None else f"fp32 ({self.reason})"
+
+
+def precision_mode(mode: str | None = None) -> str:
+    """``mode`` if given, else ``$COURSE_PRECISION``, else ``"auto"``; checked and lower-cased."""
+    raw = mode if mode is not None else os.environ.get(PRECISION_ENV_VAR, "") or "auto"
+    if not isinstance(raw, str):
+        raise TypeError(f"precision mode must be a string, one of {PRECISION_MODES}, got {type(raw).__name__}")
+    value = raw.strip().lower()
+    if value not in PRECISION_MODES:
+        source = "mode" if mode is not None else f"${PRECISION_ENV_VAR}"
+        raise ValueError(f"{source} must be one of {', '.join(PRECISION_MODES)}, got {raw!r}")
+    return value
+
+
+def choose_precision(device: torch.device | None = None, mode: str | None = None) -> PrecisionChoice:
+    """The autocast dtype worth using on ``device`` (default: :func:`get_device`), and why.
+
+    ``mode`` (or ``$COURSE_PRECISION``): ``"fp32"`` turns autocast off everywhere; ``"bf16"``
+    forces bf16 (on a CPU without native bf16 it is emulated: correct, but slow); ``"auto"``:
+
+    * CUDA: bf16 where supported, else fp16 (a T4; the training loop adds a gradient scaler);
+    * XLA (TPU): bf16; MPS: fp16;
+    * CPU: bf16 when :func:`cpu_bf16_isa` finds native bf16 and :func:`cached_cpu_probe`
+      measures bf16 at least :data:`MIN_CPU_BF16_SPEEDUP` times fp32, else fp32.
+    """
+    device = device if device is not None else get_device()
+    if not isinstance(device, torch.device):
+        raise TypeError(f"device must be a torch.device, got {type(device).__name__}")
+    chosen = precision_mode(mode)
+    forced = f"forced by {'the mode argument' if mode is not None else '$' + PRECISION_ENV_VAR}"
+    if chosen == "fp32":
+        return PrecisionChoice(None, forced)
+    if chosen == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"precision 'bf16' was asked for ({forced}), but this GPU has no bf16; "
+                             "use 'auto' (fp16 with a gradient scaler) or 'fp32'")
+        return PrecisionChoice(torch.bfloat16, forced)
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return PrecisionChoice(torch.bfloat16, "GPU with bf16")
+        return PrecisionChoice(torch.float16, "GPU without bf16: fp16 with a gradient scaler")
+    if device.type == "xla":
+        return PrecisionChoice(torch.bfloat16, "TPU")
+    if device.type == "mps":
+        return PrecisionChoice(torch.float16, "Apple GPU")
+    isa = cpu_bf16_isa()
+    if isa is None:
+        return PrecisionChoice(None, "no native bf16 on this CPU")
+    probe = cached_cpu_probe()
+    ratio = f"probe {probe.speedup:.1f}× fp32"
+    if probe.speedup >= MIN_CPU_BF16_SPEEDUP:
+        return PrecisionChoice(torch.bfloat16, f"{isa}, {ratio}", probe)
+    return PrecisionChoice(None, f"{isa}, but {ratio} (< {MIN_CPU_BF16_SPEEDUP}× needed)", probe)
+
+
+def autocast_dtype(device: torch.device, mode: str | None = None) -> torch.dtype | None:
+    """The mixed-precision dtype worth using on ``device``, or None for full fp32: the dtype of
+    :func:`choose_precision` (see there for the rules and ``$COURSE_PRECISION``)."""
+    return choose_precision(device, mode).dtype
+
+
+def describe_precision(device: torch.device | None = None, mode: str | None = None) -> str:
+    """One line for a notebook's header, e.g. ``bf16 autocast (avx512_bf16, probe 2.3× fp32)``."""
+    return str(choose_precision(device, mode))
+
+
 @contextlib.contextmanager
-def autocast(device: torch.device, enabled: bool = True) -> Iterator[None]:
+def autocast(device: torch.device, enabled: bool = True, mode: str | None = None) -> Iterator[None]:
     """``torch.autocast`` with :func:`autocast_dtype`; a no-op where that is None."""
-    dtype = autocast_dtype(device)
-    if not enabled or dtype is None:
+    dtype = autocast_dtype(device, mode) if enabled else None
+    if dtype is None:
         yield
         return
     with torch.autocast(device_type=device.type, dtype=dtype):

@@ -1,7 +1,8 @@
 """Environment check for bug reports: ``python -m course_utils.doctor`` (or ``make doctor``).
 
 Prints Python, OS, torch and its accelerators (CUDA, XLA, MPS), the versions of the key
-libraries, the device the course would use, the profile, the data directory and the state of
+libraries, the device the course would use, the precision training will use there and why
+(on a CPU: its native bf16 instructions and a timed bf16-vs-fp32 matmul probe), the profile, the data directory and the state of
 every offline asset. Every probe degrades gracefully: a broken torch install or a missing
 asset module becomes a line in the report, never a traceback, because the report is most
 needed exactly when something is broken.
@@ -54,6 +55,19 @@ def _device() -> str:
     return describe_device(get_device())
 
 
+def _precision() -> dict[str, Any]:
+    from .device import PRECISION_ENV_VAR, choose_precision, cpu_bf16_isa, get_device
+
+    choice = choose_precision(get_device())
+    info: dict[str, Any] = {"choice": str(choice), "dtype": choice.name, "reason": choice.reason,
+                            "cpu_bf16_isa": cpu_bf16_isa(), "override": os.environ.get(PRECISION_ENV_VAR) or None}
+    if choice.probe is not None:
+        p = choice.probe
+        info["probe"] = {"fp32_gflops": round(p.fp32_gflops, 1), "bf16_gflops": round(p.bf16_gflops, 1),
+                         "speedup": round(p.speedup, 2), "tokens": p.tokens, "width": p.width, "threads": p.threads}
+    return info
+
+
 def _profile() -> str:
     from .profiles import get_profile
 
@@ -82,6 +96,7 @@ def collect(verify: bool = True) -> dict[str, Any]:
         "packages": _safe(lambda: package_versions(KEY_PACKAGES)),
         "device": _safe(_device),
         "device_override": os.environ.get("COURSE_DEVICE") or None,
+        "precision": _safe(_precision),
         "profile": _safe(_profile),
         "offline_env": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
                                                         "TRANSFORMERS_OFFLINE", "COURSE_DATA_DIR")},
@@ -100,6 +115,20 @@ def _asset_line(row: dict) -> str:
                                                  else "missing (run make assets)")
     return (f"  {row.get('name', '?'):<12} {row.get('requirement', ''):<28} sha256 {row.get('sha256', '')}"
             f"  {row.get('size_mb', 0):>7.1f} MB  {state}")
+
+
+def _precision_line(prec: Any) -> str:
+    """``precision bf16 autocast (avx512_bf16, probe 2.2× fp32) | probe fp32 180 / bf16 400 GFLOP/s``."""
+    if not isinstance(prec, dict):
+        return f"precision {prec}"
+    line = f"precision {prec['choice']}"
+    if prec.get("probe"):
+        p = prec["probe"]
+        line += (f" | probe {p['tokens']}x{p['width']} MLP, {p['threads']} threads: fp32 {p['fp32_gflops']:.0f}"
+                 f" / bf16 {p['bf16_gflops']:.0f} GFLOP/s")
+    if prec.get("override"):
+        line += f" (COURSE_PRECISION={prec['override']})"
+    return line
 
 
 def render(info: dict[str, Any]) -> str:
@@ -121,7 +150,8 @@ def render(info: dict[str, Any]) -> str:
     else:
         lines.append(f"  {pk}")
     override = f" (COURSE_DEVICE={info['device_override']})" if info["device_override"] else ""
-    lines += ["", f"device   {info['device']}{override}", f"profile  {info['profile']}",
+    lines += ["", f"device   {info['device']}{override}", _precision_line(info.get("precision")),
+              f"profile  {info['profile']}",
               "env      " + (", ".join(f"{k}={v}" for k, v in info["offline_env"].items() if v) or "(no offline or data-dir variables set)"),
               f"data dir {info['data_dir']}", "", "assets"]
     rows = info["assets"]
@@ -141,7 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip re-hashing the asset files (faster; presence only)")
+    parser.add_argument("--reprobe", action="store_true",
+                        help="time the CPU's bf16-vs-fp32 matmul probe again (e.g. after a busy first run)")
     args = parser.parse_args(argv)
+    if args.reprobe:
+        from .device import cached_cpu_probe
+
+        _safe(lambda: cached_cpu_probe(refresh=True))
     info = collect(verify=not args.no_verify)
     print(json.dumps(info, indent=2, default=str) if args.json else render(info))
     return 0

@@ -82,7 +82,10 @@ class TrainConfig:
 
     ``batch_size`` is the micro-batch the samplers should produce; one optimizer step sees
     ``batch_size * grad_accum_steps`` sequences. ``min_lr=None`` means ``lr / 10``.
-    ``mixed_precision="auto"`` asks :func:`course_utils.device.autocast_dtype` (fp32 on CPU).
+    ``mixed_precision="auto"`` asks :func:`course_utils.device.choose_precision`: bf16 or fp16 on
+    a GPU, and on a CPU bf16 only where it has native bf16 and a timed probe finds it faster,
+    else fp32 (``$COURSE_PRECISION=fp32|bf16`` forces one). Weights, optimizer state and the loss
+    stay fp32 in every mode; only the matmuls inside the forward and backward pass run in bf16.
     ``checkpoint_interval=None`` with a ``checkpoint_dir`` saves only at the end (or the stop).
     """
 
@@ -205,8 +208,9 @@ def default_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
 
 
 def make_accelerator(mixed_precision: str = "auto", device: str | None = None):
-    """An ``accelerate.Accelerator`` for ``mixed_precision`` (``auto`` -> bf16/fp16 where the
-    device supports it, fp32 on CPU). In a single process, another device or precision than an
+    """An ``accelerate.Accelerator`` for ``mixed_precision`` (``auto`` -> the dtype of
+    :func:`course_utils.device.choose_precision` for the device: bf16/fp16 on a GPU, bf16 or fp32
+    on a CPU by measurement). In a single process, another device or precision than an
     earlier Accelerator's is allowed (Accelerate's shared state is reset)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState

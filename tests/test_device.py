@@ -12,9 +12,11 @@ from course_utils import device as dev
 @pytest.fixture
 def no_accelerators(monkeypatch):
     monkeypatch.delenv("COURSE_DEVICE", raising=False)
+    monkeypatch.delenv("COURSE_PRECISION", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(dev, "_xla_available", lambda: False)
     monkeypatch.setattr(dev, "_mps_available", lambda: False)
+    monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: None)  # a CPU without bf16 units, unless a test says
 
 
 def test_cpu_when_nothing_else(no_accelerators):
@@ -66,7 +68,7 @@ def test_autocast_dtype_cuda(monkeypatch):
     assert dev.autocast_dtype(torch.device("xla")) == torch.bfloat16
 
 
-def test_autocast_is_noop_on_cpu():
+def test_autocast_is_noop_on_cpu(no_accelerators):
     with dev.autocast(torch.device("cpu")):
         y = torch.ones(2, 2) @ torch.ones(2, 2)
     assert y.dtype == torch.float32
@@ -80,3 +82,123 @@ def test_seed_everything_reproduces():
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     with pytest.raises(ValueError):
         dev.seed_everything(-1)
+
+
+# ------------------------------------------------------------------ issue 27: CPU precision by evidence
+CPU = torch.device("cpu")
+
+
+def _probe(fp32: float, bf16: float) -> "dev.MatmulProbe":
+    return dev.MatmulProbe(fp32_gflops=fp32, bf16_gflops=bf16, tokens=1024, width=256, threads=2, cpu="test cpu",
+                           torch=torch.__version__)
+
+
+@pytest.fixture
+def fresh_probe(monkeypatch, tmp_path):
+    """No cached probe in memory, a private data dir for the probe file, no precision override."""
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("COURSE_PRECISION", raising=False)
+    monkeypatch.setattr(dev, "_PROBE_CACHE", {})
+    return tmp_path
+
+
+def test_cpu_with_native_bf16_and_a_faster_probe_picks_bf16(fresh_probe, monkeypatch):
+    monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: "avx512_bf16")
+    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False: _probe(190.0, 780.0))
+    choice = dev.choose_precision(CPU)
+    assert choice.dtype == torch.bfloat16 and choice.name == "bf16"
+    assert str(choice) == "bf16 autocast (avx512_bf16, probe 4.1× fp32)"
+    assert dev.autocast_dtype(CPU) == torch.bfloat16
+    with dev.autocast(CPU):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_cpu_with_bf16_units_but_a_slow_probe_picks_fp32(fresh_probe, monkeypatch):
+    # where bf16 does not pay (small matrices on some CPUs) the probe says so and auto keeps fp32
+    monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: "avx512_bf16")
+    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False: _probe(190.0, 200.0))
+    choice = dev.choose_precision(CPU)
+    assert choice.dtype is None and choice.name == "fp32"
+    assert str(choice) == f"fp32 (avx512_bf16, but probe 1.1× fp32 (< {dev.MIN_CPU_BF16_SPEEDUP}× needed))"
+
+
+def test_cpu_without_bf16_units_picks_fp32_without_probing(fresh_probe, monkeypatch):
+    monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: None)
+
+    def never(refresh=False):
+        raise AssertionError("no bf16 instructions: there is nothing to probe")
+
+    monkeypatch.setattr(dev, "cached_cpu_probe", never)
+    assert str(dev.choose_precision(CPU)) == "fp32 (no native bf16 on this CPU)"
+
+
+def test_precision_can_be_forced_by_argument_or_environment(fresh_probe, monkeypatch):
+    monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: "avx512_bf16")
+    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False: _probe(190.0, 780.0))
+    assert str(dev.choose_precision(CPU, "fp32")) == "fp32 (forced by the mode argument)"
+    monkeypatch.setenv("COURSE_PRECISION", "FP32")
+    assert dev.autocast_dtype(CPU) is None
+    assert dev.describe_precision(CPU) == "fp32 (forced by $COURSE_PRECISION)"
+    assert dev.autocast_dtype(CPU, "auto") == torch.bfloat16  # the argument wins over the variable
+    monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: None)
+    monkeypatch.setenv("COURSE_PRECISION", "bf16")  # emulated bf16 on such a CPU: slow, but asked for
+    assert dev.choose_precision(CPU).dtype == torch.bfloat16
+    # a GPU keeps its own rule unless forced; a T4 has no bf16 to force
+    monkeypatch.delenv("COURSE_PRECISION")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert dev.choose_precision(torch.device("cuda")).dtype == torch.float16
+    assert dev.choose_precision(torch.device("cuda"), "fp32").dtype is None
+    with pytest.raises(ValueError, match="no bf16"):
+        dev.choose_precision(torch.device("cuda"), "bf16")
+
+
+@pytest.mark.parametrize("bad", ["fp16", "half", "", "bf 16"])
+def test_bad_precision_mode_names_the_setting(fresh_probe, monkeypatch, bad):
+    with pytest.raises(ValueError, match="mode must be one of auto, fp32, bf16"):
+        dev.choose_precision(CPU, bad)
+    if bad:
+        monkeypatch.setenv("COURSE_PRECISION", bad)
+        with pytest.raises(ValueError, match=r"\$COURSE_PRECISION must be one of"):
+            dev.choose_precision(CPU)
+    with pytest.raises(TypeError, match="string"):
+        dev.precision_mode(16)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="torch.device"):
+        dev.choose_precision("cpu")  # type: ignore[arg-type]
+
+
+def test_cpu_bf16_isa_reads_torch_checks_then_cpu_flags(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert dev.cpu_bf16_isa() == "avx512_bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(dev.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(dev, "_cpuinfo_flags", lambda: {"fp", "asimd", "bf16"})  # an Arm server
+    assert dev.cpu_bf16_isa() == "bf16"
+    monkeypatch.setattr(dev, "_cpuinfo_flags", lambda: {"sse4_2", "avx2", "fma"})  # older x86
+    assert dev.cpu_bf16_isa() is None
+
+
+def test_probe_measures_both_precisions_and_checks_arguments():
+    probe = dev.probe_cpu_matmul(tokens=64, width=32, rounds=2, repeat=1)
+    assert probe.fp32_gflops > 0 and probe.bf16_gflops > 0
+    assert probe.speedup == pytest.approx(probe.bf16_gflops / probe.fp32_gflops)
+    assert (probe.tokens, probe.width, probe.threads) == (64, 32, torch.get_num_threads())
+    with pytest.raises(ValueError, match="width must be a positive int"):
+        dev.probe_cpu_matmul(width=0)
+
+
+def test_probe_is_measured_once_and_remembered_on_disk(fresh_probe, monkeypatch):
+    calls = []
+    monkeypatch.setattr(dev, "probe_cpu_matmul", lambda: calls.append(1) or _probe(100.0, 250.0))
+    first = dev.cached_cpu_probe()
+    assert dev.cached_cpu_probe() is first and calls == [1]       # in memory for this process
+    saved = fresh_probe / "cache" / dev.PROBE_FILE
+    assert saved.is_file()
+    monkeypatch.setattr(dev, "_PROBE_CACHE", {})                  # a new process on the same machine
+    again = dev.cached_cpu_probe()
+    assert again == first and calls == [1]                        # read back, not timed again
+    dev.cached_cpu_probe(refresh=True)
+    assert calls == [1, 1]
+    saved.write_text("{not json")                                 # a damaged file is measured over
+    monkeypatch.setattr(dev, "_PROBE_CACHE", {})
+    assert dev.cached_cpu_probe() == first and calls == [1, 1, 1]

@@ -84,3 +84,46 @@ def test_bad_arguments_exit_with_usage(argv, capsys):
         doctor.main(argv)
     assert e.value.code == 2
     assert "usage: python -m course_utils.doctor" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ issue 27: the precision line
+def test_precision_line_says_what_was_chosen_and_why(monkeypatch, capsys):
+    from course_utils import device as dev
+
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    monkeypatch.delenv("COURSE_PRECISION", raising=False)
+    monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: "avx512_bf16")
+    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False: dev.MatmulProbe(
+        fp32_gflops=190.0, bf16_gflops=741.0, tokens=1024, width=256, threads=2, cpu="test", torch="x"))
+    info = doctor.collect(verify=False)
+    assert info["precision"]["choice"] == "bf16 autocast (avx512_bf16, probe 3.9× fp32)"
+    assert info["precision"]["probe"]["speedup"] == pytest.approx(3.9, abs=0.01)
+    text = doctor.render(info)
+    assert "precision bf16 autocast (avx512_bf16, probe 3.9× fp32) | probe 1024x256 MLP, 2 threads: fp32 190 / bf16 741 GFLOP/s" in text
+    monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: None)  # an older CPU: fp32, no probe
+    assert doctor.render(doctor.collect(verify=False)).count("precision fp32 (no native bf16 on this CPU)") == 1
+    monkeypatch.setenv("COURSE_PRECISION", "fp32")
+    assert "(COURSE_PRECISION=fp32)" in doctor.render(doctor.collect(verify=False))
+    monkeypatch.setenv("COURSE_PRECISION", "fast")  # a bad setting is a line in the report, not a crash
+    assert "error: ValueError: $COURSE_PRECISION must be one of auto, fp32, bf16" in doctor.render(doctor.collect(verify=False))
+
+
+def test_reprobe_measures_again(monkeypatch, capsys):
+    from course_utils import device as dev
+
+    calls = []
+    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False: calls.append(refresh))
+    assert doctor.main(["--json", "--no-verify", "--reprobe"]) == 0
+    assert calls and calls[0] is True
+    json.loads(capsys.readouterr().out)
+
+
+def test_start_notebook_prints_the_precision(monkeypatch, capsys):
+    import course_utils
+    from course_utils import device as dev
+
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    monkeypatch.delenv("COURSE_PRECISION", raising=False)
+    monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: None)
+    course_utils.start_notebook("ci")
+    assert "precision: fp32 (no native bf16 on this CPU)" in capsys.readouterr().out

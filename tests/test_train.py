@@ -231,8 +231,9 @@ def test_make_accelerator_switches_precision_in_one_process() -> None:
     assert a.mixed_precision == "no" and a.device.type == "cpu"
     b = make_accelerator("bf16", device="cpu")   # would raise in plain Accelerate
     assert b.mixed_precision == "bf16"
-    c = make_accelerator("auto", device="cpu")   # fp32 on CPU
-    assert c.mixed_precision == "no"
+    c = make_accelerator("auto", device="cpu")   # fp32 or bf16 on CPU, as course_utils.device decides
+    from course_utils.device import autocast_dtype
+    assert c.mixed_precision == {torch.bfloat16: "bf16"}.get(autocast_dtype(torch.device("cpu")), "no")
 
 
 def test_bf16_autocast_trains_on_cpu() -> None:
@@ -377,3 +378,68 @@ def test_trainer_with_out_of_range_targets_fails_up_front() -> None:
     tr = Trainer(model, cfg, RandomBlockSampler(_data(), BLOCK, 4, seed=1), loss_fn=shifted)
     with pytest.raises(ValueError, match=rf"targets.*\[0, {VOCAB}\)"):
         tr.fit()
+
+
+# ------------------------------------------------------------------ issue 27: mixed precision on CPU by evidence
+def _precision_trainer(tmp: Path | None, precision: str, max_steps: int = 12) -> Trainer:
+    """:func:`_trainer`'s run with another ``mixed_precision``."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(max_steps=max_steps, lr=3e-2, warmup_steps=3, eval_interval=4, eval_iters=2,
+                      batch_size=4, checkpoint_dir=tmp, progress=False, mixed_precision=precision)
+    return Trainer(TinyLM(), cfg, RandomBlockSampler(_data(), BLOCK, 4, seed=1),
+                   RandomBlockSampler(_data(seed=5), BLOCK, 4, seed=2))
+
+
+@pytest.mark.parametrize("isa, fp32, bf16, expected", [("avx512_bf16", 190.0, 800.0, "bf16"),
+                                                      ("avx512_bf16", 190.0, 150.0, "no"),
+                                                      (None, 190.0, 800.0, "no")])
+def test_auto_precision_on_cpu_follows_the_evidence(monkeypatch, tmp_path: Path, isa, fp32, bf16, expected) -> None:
+    from course_utils import device as dev
+    monkeypatch.delenv("COURSE_PRECISION", raising=False)
+    monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: isa)
+    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False: dev.MatmulProbe(
+        fp32_gflops=fp32, bf16_gflops=bf16, tokens=1024, width=256, threads=2, cpu="test", torch=torch.__version__))
+    tr = _precision_trainer(None, "auto", max_steps=4)
+    assert tr.accelerator.mixed_precision == expected
+    monkeypatch.setenv("COURSE_PRECISION", "fp32")  # the learner's override beats the evidence
+    assert _precision_trainer(None, "auto", max_steps=4).accelerator.mixed_precision == "no"
+    make_accelerator("no", device="cpu")
+
+
+def test_bf16_keeps_weights_optimizer_state_loss_and_checkpoints_fp32(tmp_path: Path) -> None:
+    tr = _precision_trainer(tmp_path, "bf16", max_steps=4)
+    seen = []
+    plain_loss = tr.loss_fn
+
+    def loss_fn(model, batch):
+        loss = plain_loss(model, batch)
+        seen.append((model.training, torch.is_autocast_enabled("cpu"), loss.dtype))
+        return loss
+
+    tr.loss_fn = loss_fn
+    tr.fit()
+    # training steps ran under autocast; evaluation did not (held-out losses are fp32 figures)
+    assert {(training, on) for training, on, _ in seen} == {(True, True), (False, False)}
+    assert {dt for _, _, dt in seen} == {torch.float32}                # the loss itself is fp32
+    assert {p.dtype for p in tr.unwrapped_model.parameters()} == {torch.float32}
+    states = [t for st in tr.optimizer.state_dict()["state"].values() for t in st.values()
+              if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() > 0]
+    assert states and {t.dtype for t in states} == {torch.float32}     # Adam's moments
+    from safetensors.torch import load_file
+    saved = load_file(str(ckpt.latest_checkpoint(tmp_path) / "model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    make_accelerator("no", device="cpu")
+
+
+def test_resume_is_bit_exact_under_bf16(tmp_path: Path) -> None:
+    full = _precision_trainer(None, "bf16")
+    full.fit()
+    first = _precision_trainer(tmp_path, "bf16")
+    first.fit(stop_after=7)
+    second = _precision_trainer(tmp_path, "bf16")
+    second.fit()
+    assert second.history["loss"] == full.history["loss"]          # bit for bit, not approximately
+    assert second.history["val_loss"] == full.history["val_loss"]
+    for a, b in zip(full.unwrapped_model.parameters(), second.unwrapped_model.parameters()):
+        assert torch.equal(a, b)
+    make_accelerator("no", device="cpu")
