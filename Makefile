@@ -4,6 +4,7 @@
 #   make test     .venv + assets, unit tests (network guard on), every notebook via nbmake (ci)
 #   make course   execute every notebook in the default profile into build/ (+ HTML, index)
 #   make doctor   versions, device, profile and asset state, for bug reports
+#   make gpu-check  on a GPU machine: the course's GPU figures in one results file (data/gpu-check/)
 #   make test-latest  newest releases within pyproject's ranges on the newest Python (a report)
 #   make clean    remove build outputs and caches (keeps .venv and data/)
 #
@@ -50,7 +51,7 @@ TEST_ENV := OMP_NUM_THREADS=$(TEST_THREADS) HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE
 .PHONY: help venv install assets lab test test-unit test-notebooks test-latest course doctor clean
 
 help:
-	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
 
 venv install: $(STAMP)
 
@@ -117,6 +118,15 @@ course: $(STAMP) assets
 
 doctor:
 	@if [ -x "$(PY)" ]; then $(PY) -m course_utils.doctor; else $(PYTHON) -m course_utils.doctor; fi
+
+# On a machine with a GPU (a bare one too: torch with CUDA, transformers and accelerate are enough,
+# plus the Shakespeare plays under data/assets/): the char GPT at nanoGPT's GPU config, the KV-cache
+# and training-throughput benchmarks; one results file under data/gpu-check/. Under 8 minutes on an
+# H100-class GPU. GPU_CHECK_ARGS passes options (e.g. --budget-s 180, --only throughput).
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check
+gpu-check:
+	@if [ -x "$(PY)" ]; then $(PY) tools/gpu_check.py $(GPU_CHECK_ARGS); else $(PYTHON) tools/gpu_check.py $(GPU_CHECK_ARGS); fi
 
 clean:
 	rm -rf build .pytest_cache

@@ -37,14 +37,17 @@ def test_throughput_models_are_the_same_network_with_the_same_step():
     assert not torch.equal(start, ours.transformer.h[0].mlp.c_fc.weight)  # the steps did update the weights
 
 
+TINY = ["--quick", "--widths", "32", "--layers", "2", "--heads", "2", "--block", "16", "--batch", "4"]
+
+
 def test_throughput_quick_run_reports_both_models_and_ratios(capsys):
     tt = _load("train_throughput")
-    res = tt.main(["--quick"])
+    res = tt.main(TINY + ["--precisions", "fp32"])
     out = capsys.readouterr().out
     assert res["params"]["ours"] == res["params"]["transformers"] > 0
     assert res["ours"] > 0 and res["transformers"] > 0
     assert len(res["round_ratios"]) == 2
-    assert "ratio ours/transformers" in out and "per-round ratios" in out
+    assert "ratio ours/transformers" in out and "matmul peak probe" in out
     if res["device"] != "cpu":  # a GPU run skips the split: timing phases would need syncs
         assert res["split_ms"] == {}
         return
@@ -52,6 +55,35 @@ def test_throughput_quick_run_reports_both_models_and_ratios(capsys):
     assert set(res["split_ms"]) == {"ours", "transformers"}
     assert all(len(v) == 3 and min(v) > 0 for v in res["split_ms"].values())
     assert "forward | backward | clipping + AdamW" in out
+
+
+def test_throughput_compares_precisions_against_their_own_peak(capsys):
+    """fp32 and bf16 in one run: each model's bf16/fp32 speed-up, ours/transformers at equal
+    precision, and tokens/s as a share of the measured matmul peak of that precision."""
+    tt = _load("train_throughput")
+    res = tt.main(TINY + ["--precisions", "bf16,fp32", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert res["precisions"] == ["fp32", "bf16"]                  # fp32 first: the base of the speed-ups
+    assert set(res["peak_gflops"]) == {"fp32", "bf16"} and min(res["peak_gflops"].values()) > 0
+    run = res["runs"][0]
+    assert set(run["tokens_per_s"]) == {"ours fp32", "transformers fp32", "ours bf16", "transformers bf16"}
+    assert set(run["ours_vs_hf"]) == {"fp32", "bf16"} and set(run["speedup"]) == {"ours bf16/fp32", "transformers bf16/fp32"}
+    for key, rate in run["tokens_per_s"].items():  # % of peak = tokens/s x FLOPs per token / peak
+        prec = key.split()[1]
+        assert run["pct_of_peak"][key] == pytest.approx(100 * rate * run["flops_per_token"] / (res["peak_gflops"][prec] * 1e9))
+    assert "speed-up ours bf16/fp32" in out and "% of the bf16 peak" in out
+    with pytest.raises(ValueError, match="--precisions"):
+        tt.main(TINY + ["--precisions", "int8"])
+
+
+def test_flops_per_token_is_nanogpts_count():
+    tt = _load("train_throughput")
+    ours, _ = tt.build_models(65, layers=4, heads=4, width=128, block=64, device=torch.device("cpu"))
+    L, C, V, T = 4, 128, 65, 64
+    assert tt.flops_per_token(ours, T) == 6 * (12 * L * C * C + V * C) + 12 * L * C * T
+    # 6·N with N counted from the parameters (less biases, LayerNorms and the position table)
+    n = ours.num_params()
+    assert tt.flops_per_token(ours, T) == pytest.approx(6 * n + 12 * L * C * T, rel=0.02)
 
 
 def test_generation_quick_run_cache_and_recompute_decode_the_same_tokens(capsys):

@@ -1,0 +1,290 @@
+"""The GPU check: the course's GPU figures in one run, for whenever a machine has a GPU.
+
+    python tools/gpu_check.py                 # on one GPU: about 6-7 minutes on an H100-class card
+    make gpu-check                            # the same
+    python tools/gpu_check.py --device cpu --tiny --out /tmp/x   # a smoke run of every step (tests)
+
+It needs only torch (a CUDA build), transformers and accelerate, and the Shakespeare asset's
+Markdown plays (``data/assets/shakespeare/<genre>/<play>.md``, as ``make assets`` extracts them,
+or any folder given with ``--plays``); no ``datasets``, no network. It runs, each on its own so
+that one failure does not stop the rest:
+
+1. **char GPT** at nanoGPT's shakespeare-char GPU config (6 layers x 384, 6 heads, block 256,
+   batch 64, dropout 0.2, lr 1e-3, warm-up + cosine; the course's ``gpu`` recipe) through the
+   course's :class:`~course_utils.train.Trainer`, with the validation loss on the held-out plays
+   (Macbeth, Twelfth Night) and the wall time at every evaluation. Goal (issue 27): validation
+   <= 1.47 in under 2 minutes on an H100-class GPU (nanoGPT: 1.4697 in about 3 minutes on an
+   A100, on its own validation split). Stops at ``--budget-s`` seconds of training at the latest.
+2. the **KV-cache** benchmark (``benchmarks/generation.py``) on the device;
+3. the **training-throughput** benchmark (``benchmarks/train_throughput.py --device cuda``):
+   matmul peak, course GPT against ``GPT2LMHeadModel`` in fp32 and bf16, % of peak.
+
+It writes ``gpu-check-<UTC date>.json`` and ``.md`` (date, GPU, versions, every figure, and
+what it could not run and why) into ``--out`` (default ``data/gpu-check/``). The figures go
+into docs/RESULTS.md with the date and the GPU's name.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import importlib.util
+import io
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # a bare machine: the repository is not pip-installed
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+GOAL_VAL, GOAL_SECONDS = 1.47, 120.0
+NANOGPT_CHAR = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2)
+NANOGPT_TRAIN = dict(max_steps=5000, lr=1e-3, warmup_steps=100, min_lr=1e-4, batch_size=64, eval_interval=250,
+                     eval_iters=50, weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0)
+TINY_MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, dropout=0.0)
+TINY_TRAIN = dict(max_steps=20, lr=3e-3, warmup_steps=2, batch_size=4, eval_interval=10, eval_iters=2)
+
+
+def default_plays_dir() -> Path:
+    """``<data dir>/assets/shakespeare`` (``$COURSE_DATA_DIR`` or the repository's ``data/``)."""
+    from course_utils.assets import data_dir
+
+    return data_dir() / "assets" / "shakespeare"
+
+
+def read_plays(folder: Path) -> tuple[str, str]:
+    """``(train text, validation text)`` from the plays' Markdown, split by play as
+    :func:`course_utils.data.load_shakespeare` does (validation: Macbeth, Twelfth Night; the
+    test plays are left out), laid out ``SPEAKER:\\nline\\n\\n`` per speech."""
+    from course_utils.data import TEST_PLAYS, VALIDATION_PLAYS, parse_play
+
+    files = sorted(Path(folder).glob("*/*.md"))
+    if not files:
+        raise FileNotFoundError(f"no plays (*/*.md) under {folder}: run `make assets` or pass --plays")
+    parts: dict[str, list[str]] = {"train": [], "validation": []}
+    for md in files:
+        if md.stem in TEST_PLAYS:
+            continue
+        split = "validation" if md.stem in VALIDATION_PLAYS else "train"
+        parts[split] += [f"{sp['speaker']}:\n{sp['text']}\n\n" for sp in parse_play(md.read_text(encoding="utf-8"))]
+    train, val = "".join(parts["train"]), "".join(parts["validation"])
+    if not train or not val:
+        raise RuntimeError(f"the plays under {folder} gave an empty split (train {len(train)}, validation {len(val)} chars)")
+    return train, val
+
+
+def char_gpt(device: str, tiny: bool, plays: Path, budget_s: float) -> dict[str, Any]:
+    """Train the char GPT at nanoGPT's GPU config (or a tiny one); every evaluation's loss and time."""
+    from course_utils.models.gpt import GPT, GPTConfig
+    from course_utils.tokenization import CharTokenizer
+    from course_utils.train import TrainConfig, TrainEvent, Trainer, make_accelerator
+    from course_utils.train_data import RandomBlockSampler
+
+    train_text, val_text = read_plays(plays)
+    tok = CharTokenizer.from_text(train_text)  # the vocabulary of all training plays, as chapter 5 builds it
+    if tiny:
+        train_text, val_text = train_text[:100_000], val_text[:20_000]
+    train_ids = torch.tensor(tok.encode(train_text), dtype=torch.long)
+    val_ids = torch.tensor(tok.encode(val_text), dtype=torch.long)
+    model_kw, train_kw = (TINY_MODEL, TINY_TRAIN) if tiny else (NANOGPT_CHAR, NANOGPT_TRAIN)
+    seconds: dict[int, float] = {0: 0.0}  # training seconds at each evaluation (step 0: before any)
+    stop = {"at": None}
+
+    class Budget(Exception):
+        pass
+
+    def log(ev: TrainEvent) -> None:
+        if ev.kind == "eval":
+            seconds[ev.step] = round(ev.elapsed, 1)
+            print(f"  step {ev.step:>5}  val {ev.val_loss:.4f}  train {ev.train_loss:.4f}  {ev.elapsed:6.1f} s", flush=True)
+        if ev.kind == "step" and ev.elapsed > budget_s:
+            stop["at"] = ev.step
+            raise Budget
+
+    cfg = TrainConfig(**train_kw, mixed_precision="auto", progress=False, device=device, log=log)
+    torch.manual_seed(cfg.seed)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, **model_kw))
+    T = model_kw["block_size"]
+    trainer = Trainer(model, cfg, RandomBlockSampler(train_ids, T, cfg.batch_size, seed=cfg.seed),
+                      RandomBlockSampler(val_ids, T, cfg.batch_size, seed=cfg.seed + 1))
+    precision = trainer.accelerator.mixed_precision
+    print(f"char GPT: {model.num_params():,} parameters, {len(train_ids):,} training and {len(val_ids):,} "
+          f"validation characters, {cfg.max_steps} steps, mixed precision {precision}", flush=True)
+    start = time.perf_counter()
+    with contextlib.suppress(Budget):
+        trainer.fit()
+    wall = time.perf_counter() - start
+    h = trainer.history
+    evals = [{"step": st, "val_loss": round(v, 4), "train_loss": round(t, 4), "seconds": seconds.get(st)}
+             for st, v, t in zip(h["eval_step"], h["val_loss"], h["train_loss"])]
+    if stop["at"] is not None:  # stopped by the budget: one last evaluation of where it got to
+        ev = trainer.evaluate()
+        evals.append({"step": trainer.step, "val_loss": round(ev["val"], 4), "train_loss": round(ev["train"], 4),
+                      "seconds": round(wall, 1)})
+    make_accelerator("no", device="cpu")  # leave Accelerate's process-wide state plain
+    first_goal = next((e for e in evals if e["val_loss"] <= GOAL_VAL and e["seconds"] is not None), None)
+    return {"config": {**model_kw, **{k: v for k, v in train_kw.items()}}, "mixed_precision": precision,
+            "params": model.num_params(), "evals": evals, "final_val_loss": evals[-1]["val_loss"] if evals else None,
+            "best_val_loss": min(e["val_loss"] for e in evals) if evals else None,
+            "steps_run": trainer.step, "stopped_by_budget_at": stop["at"], "train_seconds": round(wall, 1),
+            "goal": f"val <= {GOAL_VAL} within {GOAL_SECONDS:.0f} s",
+            "goal_reached_at": first_goal,
+            "goal_met": bool(first_goal is not None and first_goal["seconds"] <= GOAL_SECONDS)}
+
+
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def kv_cache(device: str, tiny: bool) -> dict[str, Any]:
+    rows = _load_benchmark("generation").main((["--quick"] if tiny else []) + ["--device", device])
+    return {"rows": rows}
+
+
+def throughput(device: str, tiny: bool) -> dict[str, Any]:
+    args = ["--device", device]
+    if tiny:
+        args += ["--quick", "--widths", "32", "--layers", "2", "--heads", "2", "--block", "16", "--batch", "4"]
+    else:
+        args += ["--widths", "128,256,384"]
+    res = _load_benchmark("train_throughput").main(args)
+    return {k: res[k] for k in ("device", "precisions", "peak_gflops", "runs")}
+
+
+def _run(name: str, fn: Callable[[], dict[str, Any]], report: dict[str, Any]) -> None:
+    """Run one step; its output is echoed and kept, a failure is recorded and the check goes on."""
+    print(f"\n=== {name}", flush=True)
+    t0 = time.perf_counter()
+    buf = io.StringIO()
+
+    class Tee(io.TextIOBase):
+        def write(self, s: str) -> int:
+            buf.write(s)
+            return sys.__stdout__.write(s) if sys.__stdout__ else len(s)
+
+        def flush(self) -> None:
+            if sys.__stdout__:
+                sys.__stdout__.flush()
+
+    try:
+        with contextlib.redirect_stdout(Tee()):
+            report["results"][name] = fn()
+    except Exception as err:  # noqa: BLE001 - the report says what failed and the check goes on
+        report["not_run"][name] = f"{type(err).__name__}: {err}"
+        print(traceback.format_exc(), file=sys.stderr)
+    report["seconds"][name] = round(time.perf_counter() - t0, 1)
+    report["output"][name] = buf.getvalue()[-6000:]
+
+
+def gpu_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    from course_utils.device import _cpu_name
+
+    return f"no GPU: {_cpu_name()} ({torch.get_num_threads()} threads)"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": str(torch.version.cuda)}
+    for name in ("transformers", "accelerate"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception as err:  # noqa: BLE001
+            out[name] = f"not importable ({type(err).__name__})"
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a short Markdown page (the JSON holds everything)."""
+    lines = [f"# GPU check, {report['date']}", "", f"- device: **{report['gpu']}** (`{report['device']}`)",
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+             f"- mode: {'tiny smoke run (figures meaningless)' if report['tiny'] else 'full'}", ""]
+    r = report["results"]
+    if "char_gpt" in r:
+        c = r["char_gpt"]
+        lines += ["## Char GPT, nanoGPT's shakespeare-char config (held-out plays)", "",
+                  f"{c['params']:,} parameters, mixed precision {c['mixed_precision']}, {c['steps_run']} steps in "
+                  f"{c['train_seconds']} s; goal {c['goal']}: **{'met' if c['goal_met'] else 'not met'}**"
+                  + (f" (first at step {c['goal_reached_at']['step']}, {c['goal_reached_at']['seconds']} s)"
+                     if c["goal_reached_at"] else ""), "", "| step | validation | train | seconds |", "|---|---|---|---|"]
+        lines += [f"| {e['step']} | {e['val_loss']:.4f} | {e['train_loss']:.4f} | {e['seconds']} |" for e in c["evals"]]
+        lines.append("")
+    if "kv_cache" in r:
+        lines += ["## KV cache (benchmarks/generation.py)", "", "| model | no cache tok/s | cache tok/s | speed-up |",
+                  "|---|---|---|---|"]
+        for row in r["kv_cache"]["rows"]:
+            nc, wc = row.get("no_cache_tok_s", 0), row.get("cache_tok_s", 0)
+            lines.append(f"| {row.get('n_layer')}x{row.get('n_embd')} | {nc:,.0f} | {wc:,.0f} | "
+                         f"{(wc / nc if nc else float('nan')):.1f}x |")
+        lines.append("")
+    if "throughput" in r:
+        t = r["throughput"]
+        lines += ["## Training throughput (benchmarks/train_throughput.py)", "",
+                  "matmul peak: " + ", ".join(f"{p} {v:,.0f} GFLOP/s" for p, v in t["peak_gflops"].items()), "",
+                  "| width | variant | tokens/s | % of peak |", "|---|---|---|---|"]
+        for run in t["runs"]:
+            for key, rate in run["tokens_per_s"].items():
+                lines.append(f"| {run['width']} | {key} | {rate:,.0f} | {run['pct_of_peak'].get(key, float('nan')):.1f} |")
+            lines.append(f"| {run['width']} | ours/transformers | "
+                         + ", ".join(f"{p} {v:.2f}x" for p, v in run["ours_vs_hf"].items())
+                         + " | " + ", ".join(f"{k} {v:.2f}x" for k, v in run["speedup"].items()) + " |")
+        lines.append("")
+    lines += ["## Not run", ""] + ([f"- {k}: {v}" for k, v in report["not_run"].items()] or ["- (everything ran)"])
+    lines += ["", "Seconds per step: " + ", ".join(f"{k} {v}" for k, v in report["seconds"].items()), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default=None, help="cuda (default when available) | cpu")
+    ap.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke run of every step (CPU tests)")
+    ap.add_argument("--plays", type=Path, default=None, help="folder of the Shakespeare Markdown plays")
+    ap.add_argument("--budget-s", type=float, default=240.0, help="the char GPT stops after this many seconds")
+    ap.add_argument("--only", default="char_gpt,kv_cache,throughput", help="comma-separated steps to run")
+    ap.add_argument("--out", type=Path, default=None, help="folder for the results (default data/gpu-check)")
+    args = ap.parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    steps = [s.strip() for s in args.only.split(",") if s.strip()]
+    known = ("char_gpt", "kv_cache", "throughput")
+    if not steps or any(s not in known for s in steps):
+        raise ValueError(f"--only must name some of {', '.join(known)}, got {args.only!r}")
+    if args.budget_s <= 0:
+        raise ValueError(f"--budget-s must be > 0, got {args.budget_s}")
+    now = _dt.datetime.now(_dt.timezone.utc)
+    report: dict[str, Any] = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "device": device, "gpu": gpu_name(device),
+                              "versions": versions(), "tiny": args.tiny, "results": {}, "not_run": {},
+                              "seconds": {}, "output": {}}
+    if device == "cpu" and not args.tiny:
+        report["not_run"]["note"] = "no GPU: these are CPU figures, not the GPU check"
+    plays = args.plays or default_plays_dir()
+    runners = {"char_gpt": lambda: char_gpt(device, args.tiny, plays, args.budget_s),
+               "kv_cache": lambda: kv_cache(device, args.tiny),
+               "throughput": lambda: throughput(device, args.tiny)}
+    for name in steps:
+        _run(name, runners[name], report)
+    for name in known:
+        if name not in steps:
+            report["not_run"][name] = "left out with --only"
+    report["not_run"]["post_training_gpu_items"] = "the post-training chapter has no gpu items in this check yet"
+    out = args.out or (ROOT / "data" / "gpu-check")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"gpu-check-{now.strftime('%Y%m%d-%H%M%S')}"
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / f"{stem}.md").write_text(markdown(report))
+    report["files"] = [str(out / f"{stem}.json"), str(out / f"{stem}.md")]
+    print(f"\nwrote {report['files'][0]} and .md; not run: {', '.join(report['not_run']) or 'nothing'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
