@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -238,18 +239,33 @@ class DenseIndex:
             cache_dir = assets.data_dir() / "rag"
         file = Path(cache_dir) / f"{passages_hash(passages, model_name)}.safetensors"
         if file.is_file():
-            emb = load_file(str(file))["embeddings"]
-            if emb.shape[0] == len(passages):
-                index = cls(passages, emb, embed_fn)
-                index.from_cache = True
-                return index
+            from .model_cache import safetensors_problem
+
+            problem = safetensors_problem(file)
+            if problem is None:
+                emb = load_file(str(file))["embeddings"]
+                if emb.shape[0] == len(passages):
+                    index = cls(passages, emb, embed_fn)
+                    index.from_cache = True
+                    return index
+            else:
+                print(f"[rag] the cached embeddings {file.name}: {problem}; embedding the passages again")
         fn = embed_fn or minilm_embed_fn()
-        texts, starts = [p.text for p in passages], range(0, len(passages), batch)
-        if progress:
-            starts = __import__("tqdm.auto", fromlist=["tqdm"]).tqdm(starts, desc="embedding passages", unit="batch")
-        emb = torch.cat([fn(texts[s:s + batch]) for s in starts]).float().contiguous()
+        texts = [p.text for p in passages]
+        bar = None
+        if progress:  # counts passages, not batches: a one-batch run still shows its progress
+            bar = __import__("tqdm.auto", fromlist=["tqdm"]).tqdm(total=len(texts), desc="embedding passages",
+                                                                   unit="passage")
+        parts = []
+        for s in range(0, len(texts), batch):
+            parts.append(fn(texts[s:s + batch]))
+            if bar is not None:
+                bar.update(len(texts[s:s + batch]))
+        if bar is not None:
+            bar.close()
+        emb = torch.cat(parts).float().contiguous()
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(".tmp")
+        tmp = file.with_name(f".{file.stem}.{os.getpid()}.tmp")  # per process: two kernels may embed at once
         save_file({"embeddings": emb}, str(tmp))
         tmp.replace(file)  # atomic: a half-written cache is never read
         return cls(passages, emb, fn)

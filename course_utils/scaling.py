@@ -25,6 +25,8 @@ from unittest import mock
 import torch
 import torch.nn as nn
 
+from .paths import scratch_dir
+
 PRECISIONS = ("fp32", "mixed")
 GiB = 1024**3
 
@@ -210,7 +212,7 @@ def run_data_parallel(config: dict, idx: torch.Tensor, targets: torch.Tensor, wo
     # the GPU numbered like the rank, and on a one-GPU machine rank 1 failed with "invalid device
     # ordinal" (seen on an H100, 2026-11-24): the workers start with no GPU visible (patch.dict
     # puts the caller's environment back afterwards).
-    with mock.patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": ""}), tempfile.TemporaryDirectory() as out:
+    with mock.patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": ""}), tempfile.TemporaryDirectory(dir=scratch_dir("accelerate-")) as out:
         mp.spawn(_dp_worker, args=(world_size, _free_port(), config, idx.shape[0], lr, idx, targets, out),
                  nprocs=world_size, join=True)
         return torch.load(Path(out) / "result.pt", weights_only=True)

@@ -83,6 +83,21 @@ def test_dense_cache_hit_and_invalidation(tmp_path) -> None:
     assert rag.passages_hash(ps, "m") != rag.passages_hash(changed, "m")
 
 
+def test_truncated_embedding_cache_is_embedded_again(tmp_path, capsys) -> None:
+    """A cut-off cache file (a kernel killed while another wrote it) is reported and rebuilt,
+    not a raw SafetensorError."""
+    calls: list[int] = []
+    ps = _passages(["the cat sat on the mat", "a dog barked at night", "ships sail on the sea"])
+    DenseIndex.build(ps, embed_fn=_fake_embed(calls), cache_dir=tmp_path, progress=False)
+    (cache,) = tmp_path.glob("*.safetensors")
+    cache.write_bytes(cache.read_bytes()[:-7])
+    again = DenseIndex.build(ps, embed_fn=_fake_embed(calls), cache_dir=tmp_path, progress=False)
+    assert not again.from_cache and calls == [3, 3]
+    assert "embedding the passages again" in capsys.readouterr().out
+    assert DenseIndex.build(ps, embed_fn=_fake_embed(calls), cache_dir=tmp_path, progress=False).from_cache
+    assert not list(tmp_path.glob("*.tmp")), "no temporary file is left behind"
+
+
 def test_dense_search_orders_by_cosine() -> None:
     emb = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
     index = DenseIndex(_passages(["a", "b", "c"]), emb, embed_fn=lambda t: torch.tensor([[0.0, 2.0]]))
