@@ -92,8 +92,13 @@ lab: $(STAMP) assets
 
 test: test-unit test-notebooks
 
+# Unit tests and notebooks run in a loopback-only network namespace where the kernel allows one
+# (unshare -n as root, -rn otherwise); elsewhere tools/netns_run.sh says so and runs them with the
+# Python guard alone. `make test NETNS=` skips the namespace.
+NETNS ?= tools/netns_run.sh
+
 test-unit: $(STAMP) assets
-	$(TEST_ENV) $(PY) -m pytest tests/ $(PYTEST_ARGS)
+	$(TEST_ENV) $(NETNS) $(PY) -m pytest tests/ $(PYTEST_ARGS)
 
 # Exit code 5 ("no tests collected") is never turned into success: when there is no notebook
 # at all the step says so and is skipped; otherwise pytest's own exit code decides.
@@ -103,7 +108,7 @@ test-notebooks: $(STAMP) assets
 	  echo "make: no notebooks under $(NB) yet -- nbmake step skipped"; \
 	else \
 	  echo "make: running $$n notebooks through nbmake (COURSE_PROFILE=ci)"; \
-	  $(TEST_ENV) COURSE_PROFILE=ci $(PY) -m pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) \
+	  $(TEST_ENV) COURSE_PROFILE=ci $(NETNS) $(PY) -m pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) \
 	    --durations=0 $(NB) $(PYTEST_ARGS); \
 	fi
 

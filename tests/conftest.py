@@ -4,7 +4,10 @@
 * Any socket connect to a non-loopback address raises ``NetworkBlockedError`` ("outbound
   network connection to X blocked during tests"); AF_UNIX and 127.0.0.0/8, ::1 stay allowed.
   The same guard reaches subprocesses (kernels, ``python -m ...``): ``tests/netguard`` is put
-  on ``PYTHONPATH``, where its ``sitecustomize.py`` installs it at interpreter start.
+  on ``PYTHONPATH``, where its ``sitecustomize.py`` installs it at interpreter start. DNS
+  lookups of outside names are refused too. It is a guard against accidental downloads, not a
+  sandbox: ``python -I`` subprocesses and non-Python programs bypass it, so ``make test`` also
+  runs inside a loopback-only network namespace (``tools/netns_run.sh``) where one is available.
 * A test whose code catches the guard's error and carries on still fails: every blocked
   attempt is recorded and checked after each test.
 * ``--skip-browser`` skips tests marked ``browser`` (JupyterLab in headless Chromium) for a
