@@ -298,7 +298,10 @@ def _problems(notebook: str, state: dict) -> list[str]:
         bad = _not_allowed(out["text"])
         if bad:
             kind = "a traceback" if "Traceback" in out["text"] or re.search(r"\w+(Error|Exception)\b", bad[0]) else "stderr"
-            shown = " | ".join(bad[:6])[:700]
+            lines = [line.strip() for line in bad if line.strip()]
+            if kind == "a traceback":   # the exception's own line is the last one: keep it
+                lines = lines[:2] + ["..."] + lines[-2:] if len(lines) > 4 else lines
+            shown = " | ".join(lines)[:900]
             problems.append(f"code cell {out['cell']} {out['prompt']} wrote {kind}: {shown}")
     problems += [f"Javascript Error: {t[:300]}" for t in state["jsErrors"]]
     problems += [f"a {v['kind']} view without its drawing ({v['svgs']} svg, {v['drawn']} drawn)"
