@@ -32,7 +32,6 @@ NB ?= notebooks/
 PROFILE ?=
 NBMAKE_TIMEOUT ?= 300
 LATEST_PYTHON ?=
-LATEST_TORCH ?=
 LATEST_NB ?=
 
 # The stamp's name carries a hash of the lock and pyproject.toml: when neither changed, the
@@ -113,10 +112,10 @@ test-notebooks: $(STAMP) assets
 	fi
 
 # The second leg: newest releases within pyproject's ranges on the newest Python here (its own
-# .venv-latest; torch stays at the lock's version unless LATEST_TORCH says otherwise). Not part of
+# .venv-latest; torch is upgraded too). Not part of
 # `make test`: it reports what a Colab or a fresh `pip install` would break (build/test-latest.txt).
 test-latest:
-	LATEST_PYTHON="$(LATEST_PYTHON)" LATEST_TORCH="$(LATEST_TORCH)" LATEST_NB="$(LATEST_NB)" tools/test_latest.sh
+	LATEST_PYTHON="$(LATEST_PYTHON)" LATEST_NB="$(LATEST_NB)" tools/test_latest.sh
 
 course: $(STAMP) assets
 	$(PY) tools/build_course.py --out build $(if $(PROFILE),--profile $(PROFILE)) $(NB)
