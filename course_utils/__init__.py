@@ -9,6 +9,9 @@ from importlib import metadata
 
 from . import paths as _paths  # noqa: F401  (first: the libraries' caches go under the data folder)
 from .profiles import Profile, get_profile
+from .quiet import install_noise_filters as _install_noise_filters
+
+_install_noise_filters()  # three known CPU-only log lines of torchao/bitsandbytes, nothing else
 
 __version__ = "0.1.0"
 

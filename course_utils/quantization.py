@@ -24,7 +24,6 @@ Defined in chapter 11, The modern decoder.
 """
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn as nn
+
+from .quiet import install_noise_filters
 
 BITS = (4, 8)
 
@@ -276,17 +277,6 @@ def q4_1_dequantize_block(block: np.ndarray | bytes) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ quiet imports
-_NOISE = ("Failed to load",                                                  # torchao / bitsandbytes
-          "is an Enum subclass and is now natively supported")               # torch, on torchao import
-_NOISY_LOGGERS = ("torchao", "bitsandbytes.backends.cpu.ops", "torch.utils._pytree")
-
-
-class _DropKnownNoise(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        return not any(n in msg for n in _NOISE)
-
-
 def quiet_quantization_imports() -> dict[str, Any]:
     """Import torchao and bitsandbytes with three known, harmless log lines filtered out:
 
@@ -297,13 +287,11 @@ def quiet_quantization_imports() -> dict[str, Any]:
     * bitsandbytes: "Failed to load CPU gemm_4bit_forward from kernels-community" -- an optional
       faster CPU kernel from the Hub ``kernels`` package; the built-in CPU path is used instead.
 
-    Only records containing those messages are dropped, on those loggers only. Returns the
-    imported modules by name.
+    Only records containing those messages are dropped, on those loggers only (see
+    :mod:`course_utils.quiet`, which ``import course_utils`` already runs). Returns the imported
+    modules by name.
     """
-    for name in _NOISY_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropKnownNoise) for f in logger.filters):
-            logger.addFilter(_DropKnownNoise())
+    install_noise_filters()
     import bitsandbytes.functional as bnb_functional
     import torchao
     import torchao.quantization as tq
