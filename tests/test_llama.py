@@ -298,3 +298,20 @@ def test_smollm2_saved_by_the_course_loads_in_transformers(smollm2, tmp_path):
     ids = tok(PROMPTS[:1], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert (back(ids).logits - hf(ids).logits).abs().max() <= 1e-4
+
+
+def test_an_additive_mask_is_refused_not_inverted() -> None:
+    """A 0/-inf float mask read as 0/1 would attend to padding only; it is a clear error."""
+    torch.manual_seed(0)
+    cfg = L.LlamaConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_kv_heads=1, n_embd=16,
+                        intermediate_size=32)
+    model = L.LlamaForCausalLM(cfg).eval()
+    idx = torch.randint(0, 50, (2, 6))
+    additive = torch.zeros(2, 6)
+    additive[1, :2] = float("-inf")
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(idx, attention_mask=additive)
+    with pytest.raises(ValueError, match="attention_mask"):
+        model.generate(idx, 2, attention_mask=additive)
+    ones = torch.ones(2, 6, dtype=torch.long)
+    assert torch.equal(model(idx, attention_mask=ones).logits, model(idx, attention_mask=ones.bool()).logits)

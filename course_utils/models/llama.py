@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..attention import padding_mask
 from .gpt import IGNORE_INDEX, sample_next_token
 from .io import load_checkpoint, save_checkpoint
 
@@ -369,6 +370,8 @@ class LlamaForCausalLM(nn.Module):
             if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (B, S):
                 got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
                 raise ValueError(f"attention_mask must have shape [B, T_past + T] = {(B, S)}, got {got}")
+            # 0/1 or bool only: an additive 0/-inf mask read as 0/1 would be inverted silently
+            attention_mask = padding_mask(attention_mask)[:, 0, 0, :]
             default_pos = position_ids_from_mask(attention_mask)[:, t_past:]
         if position_ids is None:
             position_ids = default_pos
@@ -419,7 +422,10 @@ class LlamaForCausalLM(nn.Module):
         if idx.size(1) + max_new_tokens > self.config.block_size:
             raise ValueError(f"prompt ({idx.size(1)}) + max_new_tokens ({max_new_tokens}) exceed "
                              f"block_size={self.config.block_size}")
-        mask = torch.ones_like(idx) if attention_mask is None else attention_mask.to(idx.device).long()
+        if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
+            raise ValueError("attention_mask must be a [B, T] tensor of 0/1 (1 = real token)")
+        mask = torch.ones_like(idx) if attention_mask is None else \
+            padding_mask(attention_mask.to(idx.device))[:, 0, 0, :].long()
         if mask.shape != idx.shape:
             raise ValueError(f"attention_mask must have idx's shape {tuple(idx.shape)}, got {tuple(mask.shape)}")
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
