@@ -86,8 +86,14 @@ assets: $(STAMP)
 	$(PY) -m course_utils.assets fetch-all
 	$(PY) -m course_utils.pretrained prepare
 
+# JupyterLab refuses to start as root without --allow-root (a Docker container, a cloud VM's
+# shell): pass it there, with a one-line warning.
 lab: $(STAMP) assets
-	$(BIN)/jupyter lab $(NB) --ip=127.0.0.1 $(LAB_ARGS)
+	@root_arg=""; if [ "$$(id -u)" = 0 ]; then \
+	  echo "make: running as root (a container or a cloud shell?): starting JupyterLab with --allow-root" >&2; \
+	  root_arg="--allow-root"; fi; \
+	echo "$(BIN)/jupyter lab $(NB) --ip=127.0.0.1 $$root_arg $(LAB_ARGS)"; \
+	$(BIN)/jupyter lab $(NB) --ip=127.0.0.1 $$root_arg $(LAB_ARGS)
 
 test: test-unit test-notebooks
 
