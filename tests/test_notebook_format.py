@@ -74,3 +74,17 @@ def test_tool_finds_and_fixes_an_unnormalised_notebook(tmp_path: Path, capsys) -
     assert nb_path.read_text(encoding="utf-8") == text
     # another Python version is a change (JupyterLab would rewrite it too)
     assert normalize_notebooks.main(["--check", "--python-version", "3.11.9", str(nb_path)]) == 1
+
+
+def test_no_cell_relies_on_skip_execution() -> None:
+    """JupyterLab's Run All ignores ``skip-execution`` (nbmake honours it), so a tagged cell that
+    needs a GPU, a TPU or the Hub would stop a learner's Run All: such cells check what they need
+    and say in one line what they would do instead."""
+    tagged = []
+    for path in sorted((ROOT / "notebooks").rglob("*.ipynb")):
+        if ".ipynb_checkpoints" in path.parts:
+            continue
+        nb = nbformat.read(path, as_version=4)
+        tagged += [f"{path.relative_to(ROOT)} cell {i}" for i, c in enumerate(nb.cells)
+                   if "skip-execution" in c.get("metadata", {}).get("tags", [])]
+    assert tagged == []
