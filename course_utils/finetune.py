@@ -267,6 +267,27 @@ def tweet_model_dir(profile: str | None = None) -> Path:
     return model_dir(TWEET_MODEL_NAME, profile)
 
 
+def new_head_from_pretrained(cls: Any, where: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(where, **kwargs)`` for a pretrained body with a **new** task head.
+
+    transformers reports the head's weights as MISSING in a long "LOAD REPORT": expected, since
+    the head is what fine-tuning trains. The report is kept out of the output and one line says
+    which weights start from scratch instead. Defined in chapter 7, Fine-tuning.
+    """
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = cls.from_pretrained(where, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+    missing = sorted(info.get("missing_keys", []))
+    if missing:
+        print(f"new task head, trained from scratch (expected): {', '.join(missing)}")
+    return model
+
+
 def finetune_tweet_classifier(profile: str | None = None, output_dir: str | Path | None = None,
                               progress: bool = True) -> tuple[Any, Any, dict[str, float]]:
     """Fine-tune MiniLM on 3-class tweet sentiment with transformers' ``Trainer``.
@@ -287,8 +308,8 @@ def finetune_tweet_classifier(profile: str | None = None, output_dir: str | Path
     names = dsd["train"].features["label"].names
     where = str(assets.fetch("minilm", verbose=False))
     tokenizer = AutoTokenizer.from_pretrained(where)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        where, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    model = new_head_from_pretrained(AutoModelForSequenceClassification, where, num_labels=len(names),
+                                     id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
 
     def prep(split: str, n: int | None):
         ds = dsd[split] if n is None else dsd[split].select(range(min(n, len(dsd[split]))))
@@ -305,7 +326,8 @@ def finetune_tweet_classifier(profile: str | None = None, output_dir: str | Path
         per_device_train_batch_size=r["batch_size"], per_device_eval_batch_size=64, learning_rate=r["lr"],
         warmup_steps=max(1, r["max_steps"] // 10), weight_decay=0.01, lr_scheduler_type="linear",
         eval_strategy="no", save_strategy="no", logging_steps=max(1, r["max_steps"] // 10), report_to="none",
-        seed=0, dataloader_num_workers=0, disable_tqdm=not progress)
+        seed=0, dataloader_num_workers=0, disable_tqdm=not progress,
+        dataloader_pin_memory=torch.cuda.is_available())   # pinned memory only helps copies to a GPU
     trainer = Trainer(model=model, args=args, train_dataset=prep("train", r["train_examples"]),
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics)
     trainer.train()
@@ -403,5 +425,5 @@ def max_abs_logit_diff(model_a: torch.nn.Module, model_b: torch.nn.Module, input
 
 __all__ = ["IGNORE_INDEX", "TWEET_RECIPES", "align_labels", "word_predictions", "encode_classification", "encode_ner",
            "collate", "FeatureSampler", "first_subtoken_mask", "predict", "finetune", "finetune_tweet_classifier",
-           "save_tweet_classifier", "load_or_finetune_tweet_classifier", "tweet_model_dir", "count_parameters",
+           "save_tweet_classifier", "load_or_finetune_tweet_classifier", "new_head_from_pretrained", "tweet_model_dir", "count_parameters",
            "lm_blocks", "block_perplexity", "max_abs_logit_diff"]

@@ -274,3 +274,17 @@ def test_course_bert_token_classification_with_crf() -> None:
     assert len(hist["val_loss"]) == 2
     out = ft.predict(model, feats[:2], pad_token_id=0)
     assert len(out) == 2 and all(len(p) == 3 and all(0 <= t < 3 for t in p) for p in out)
+
+
+def test_a_new_head_is_named_in_one_line_not_a_load_report(capfd) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from course_utils import assets
+    from course_utils.finetune import new_head_from_pretrained
+
+    model = new_head_from_pretrained(AutoModelForSequenceClassification, str(assets.fetch("minilm", verbose=False)),
+                                     num_labels=3)
+    out, err = capfd.readouterr()
+    assert model.config.num_labels == 3
+    assert "new task head, trained from scratch (expected): classifier.bias, classifier.weight" in out
+    assert "LOAD REPORT" not in out + err and "MISSING" not in out + err
