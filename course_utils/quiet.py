@@ -10,6 +10,11 @@ a model, and on a CPU they log three lines that look like errors but are not:
 * bitsandbytes: "Failed to load CPU gemm_4bit_forward from kernels-community" -- an optional
   faster CPU kernel from the Hub's ``kernels`` package; the built-in CPU path is used instead.
 
+and one warning: peft's ``get_peft_model`` (chapter 7's LoRA) reads transformers'
+``is_gradient_checkpointing``, which transformers 5 deprecates in favour of
+``is_activation_checkpointing`` -- a ``FutureWarning`` between the two libraries, not about the
+learner's code.
+
 :func:`install_noise_filters` adds a filter to exactly those loggers that drops only records
 containing those messages; it imports nothing. ``import course_utils`` calls it, so every
 chapter's output stays readable. Defined in chapter 11, The modern decoder.
@@ -17,10 +22,14 @@ chapter's output stays readable. Defined in chapter 11, The modern decoder.
 from __future__ import annotations
 
 import logging
+import warnings
 
 KNOWN_NOISE: tuple[str, ...] = ("Failed to load",                                # torchao / bitsandbytes
                                 "is an Enum subclass and is now natively supported")  # torch, on torchao import
 NOISY_LOGGERS: tuple[str, ...] = ("torchao", "bitsandbytes.backends.cpu.ops", "torch.utils._pytree")
+KNOWN_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning),   # peft reading transformers' old name
+)
 
 
 class DropKnownNoise(logging.Filter):
@@ -32,11 +41,14 @@ class DropKnownNoise(logging.Filter):
 
 
 def install_noise_filters() -> None:
-    """Add :class:`DropKnownNoise` to each of :data:`NOISY_LOGGERS` (once; idempotent)."""
+    """Add :class:`DropKnownNoise` to each of :data:`NOISY_LOGGERS` and ignore the
+    :data:`KNOWN_WARNINGS` (once; idempotent)."""
+    for message, category in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
     for name in NOISY_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropKnownNoise) for f in logger.filters):
             logger.addFilter(DropKnownNoise())
 
 
-__all__ = ["KNOWN_NOISE", "NOISY_LOGGERS", "DropKnownNoise", "install_noise_filters"]
+__all__ = ["KNOWN_NOISE", "NOISY_LOGGERS", "KNOWN_WARNINGS", "DropKnownNoise", "install_noise_filters"]

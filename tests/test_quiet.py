@@ -34,3 +34,15 @@ def test_only_the_known_lines_are_dropped() -> None:
     drop = logging.LogRecord("torchao", logging.WARNING, __file__, 1, "Failed to load %s", ("x.so",), None)
     assert all(f.filter(keep) for f in logger.filters)
     assert not all(f.filter(drop) for f in logger.filters)
+
+
+def test_peft_reading_a_deprecated_transformers_name_is_not_shown() -> None:
+    import warnings
+
+    quiet.install_noise_filters()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        quiet.install_noise_filters()          # the filters are re-applied inside the block
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+        warnings.warn("something else is deprecated", FutureWarning)
+    assert [str(w.message) for w in seen] == ["something else is deprecated"]
