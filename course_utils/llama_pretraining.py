@@ -25,7 +25,7 @@ import torch
 from .generation import bits_per_char, total_nll
 from .model_cache import model_dir, recipe_record
 from .model_cache import publish as _publish
-from .pretraining import Recipe, _save_model_into, _trained_folder, char_gpt_data, shakespeare_row_text
+from .pretraining import Recipe, _save_model_into, _trained_folder, char_gpt_data, fit_causal_lm, shakespeare_row_text
 from .profiles import get_profile
 from .train import TrainConfig, TrainEvent, Trainer
 from .train_data import RandomBlockSampler, tokenize_dataset
@@ -234,11 +234,8 @@ def pretrain_llama_bpe(profile: str | None = None, *, tokenizer: Any | None = No
     train_ids, val_ids = llama_bpe_data(tok, ex["max_rows"])
     torch.manual_seed(cfg.seed)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), **recipe.model))
-    T = recipe.model["block_size"]
-    trainer = Trainer(model, cfg, RandomBlockSampler(train_ids, T, cfg.batch_size, seed=cfg.seed),
-                      RandomBlockSampler(val_ids, T, cfg.batch_size, seed=cfg.seed + 1))
-    history = trainer.fit()
-    return trainer.unwrapped_model.cpu().eval(), tok, history
+    model, history = fit_causal_lm(model, cfg, train_ids, val_ids, recipe.model["block_size"])
+    return model, tok, history
 
 
 def save_llama_bpe(model: Any, tokenizer: Any, profile: str | None = None, meta: dict[str, Any] | None = None,

@@ -165,11 +165,20 @@ def pretrain_char_gpt(profile: str | None = None, *, progress: bool = True,
     tok, train_ids, val_ids = char_gpt_data(max_rows=recipe.extra.get("max_rows"))
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, **recipe.model))
-    T = recipe.model["block_size"]
-    trainer = Trainer(model, cfg, RandomBlockSampler(train_ids, T, cfg.batch_size, seed=cfg.seed),
-                      RandomBlockSampler(val_ids, T, cfg.batch_size, seed=cfg.seed + 1))
+    model, history = fit_causal_lm(model, cfg, train_ids, val_ids, recipe.model["block_size"])
+    return model, tok, history
+
+
+def fit_causal_lm(model: torch.nn.Module, cfg: TrainConfig, train_ids: torch.Tensor, val_ids: torch.Tensor,
+                  block_size: int) -> tuple[Any, dict[str, list[float]]]:
+    """Next-token training of ``model`` on random ``block_size`` windows of the 1-D id streams
+    ``train_ids`` [N] and ``val_ids`` [M] (seeded samplers) with the course Trainer -> (the
+    trained model on the CPU in eval mode, history). Shared by chapter 5's char GPT and chapter
+    11's BPE Llama."""
+    trainer = Trainer(model, cfg, RandomBlockSampler(train_ids, block_size, cfg.batch_size, seed=cfg.seed),
+                      RandomBlockSampler(val_ids, block_size, cfg.batch_size, seed=cfg.seed + 1))
     history = trainer.fit()
-    return trainer.unwrapped_model.cpu().eval(), tok, history
+    return trainer.unwrapped_model.cpu().eval(), history
 
 
 def save_char_gpt(model: Any, tokenizer: Any, profile: str | None = None, meta: dict[str, Any] | None = None,
@@ -305,6 +314,6 @@ def load_or_pretrain_zh_bert(profile: str | None = None, progress: bool = True) 
 
 __all__ = [
     "CharTokenizer", "Recipe", "CHAR_GPT_RECIPES", "ZH_BERT_RECIPES", "CHAR_GPT_NAME", "ZH_BERT_NAME", "models_dir", "model_dir",
-    "char_gpt_data", "pretrain_char_gpt", "save_char_gpt", "load_or_pretrain_char_gpt",
+    "char_gpt_data", "fit_causal_lm", "pretrain_char_gpt", "save_char_gpt", "load_or_pretrain_char_gpt",
     "zh_tokenizer_for", "mlm_loss", "fit_mlm", "pretrain_zh_bert", "adapt_zh_bert", "recipe_record", "is_current", "save_zh_bert", "load_or_pretrain_zh_bert", "shakespeare_row_text",
 ]
