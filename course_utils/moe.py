@@ -2,8 +2,8 @@
 
 Reads top to bottom:
 
-* :class:`SwiGLU` -- the gated feed-forward network of Llama-family models,
-  ``down(silu(gate(x)) * up(x))``, no biases; every expert is one;
+* :class:`SwiGLU` (from ``models/llama.py``) -- the gated feed-forward network of Llama-family
+  models, ``down(silu(gate(x)) * up(x))``, no biases; every expert is one;
 * :func:`route_top_k` -- the router's arithmetic: softmax over experts, keep the ``top_k``
   largest, renormalise the kept weights to sum to 1 (as Mixtral);
 * :func:`load_balancing_loss` -- the auxiliary loss ``n_experts · Σ_i f_i · P_i`` (Switch
@@ -19,8 +19,8 @@ Reads top to bottom:
   :func:`train_lm` trains one with the course :class:`~course_utils.train.Trainer` and records
   every step's expert utilisation.
 
-The SwiGLU here is the same computation as ``models/llama.py``'s (which is built from a
-``LlamaConfig``); an expert only needs the two widths. Defined in chapter 11, The modern decoder.
+An expert is ``models/llama.py``'s :class:`SwiGLU`, the same module the Llama block uses.
+Defined in chapter 11, The modern decoder.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .models.gpt import GPT, IGNORE_INDEX, GPTConfig
+from .models.llama import SwiGLU
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -43,26 +44,6 @@ def _positive_int(name: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
-
-
-# ------------------------------------------------------------------------------ one expert
-class SwiGLU(nn.Module):
-    """Gated feed-forward network: ``down(silu(gate(x)) * up(x))``, no biases (as Llama's MLP).
-
-    ``[..., d_model] -> [..., d_model]`` through a hidden width ``d_hidden``; 3·d_model·d_hidden
-    parameters. Defined in chapter 11, The modern decoder.
-    """
-
-    def __init__(self, d_model: int, d_hidden: int) -> None:
-        super().__init__()
-        _positive_int("d_model", d_model), _positive_int("d_hidden", d_hidden)
-        self.gate_proj = nn.Linear(d_model, d_hidden, bias=False)
-        self.up_proj = nn.Linear(d_model, d_hidden, bias=False)
-        self.down_proj = nn.Linear(d_hidden, d_model, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., C] -> [..., C]."""
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 # ------------------------------------------------------------------------------ the router
@@ -239,6 +220,7 @@ class MoELanguageModel(nn.Module):
         if not aux_loss_coef >= 0:
             raise ValueError(f"aux_loss_coef must be >= 0, got {aux_loss_coef!r}")
         self.config, self.aux_loss_coef = config, float(aux_loss_coef)
+        _positive_int("d_hidden", d_hidden)
         self.gpt = GPT(config)
         C = config.n_embd
         for block in self.gpt.transformer.h:

@@ -43,7 +43,8 @@ def test_rope(ns):
 
 
 def test_swiglu(ns):
-    mlp = L.SwiGLU(cfg())
+    c = cfg()
+    mlp = L.SwiGLU(c.n_embd, c.intermediate_size)
     x = torch.randn(2, 5, 32)
     torch.testing.assert_close(ns["swiglu"](x, mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight), mlp(x))
 

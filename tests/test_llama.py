@@ -72,7 +72,7 @@ def test_rotary_scores_depend_only_on_distance():
 
 def test_swiglu_matches_llama_mlp():
     cfg = tiny()
-    ours, ref = randomized(L.SwiGLU(cfg)), hf_llama.LlamaMLP(hf_cfg(cfg))
+    ours, ref = randomized(L.SwiGLU(cfg.n_embd, cfg.intermediate_size)), hf_llama.LlamaMLP(hf_cfg(cfg))
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(2, 5, cfg.n_embd)
     torch.testing.assert_close(ours(x), ref(x))

@@ -163,11 +163,14 @@ class SwiGLU(nn.Module):
     """Gated MLP: ``down_proj(silu(gate_proj(x)) * up_proj(x))``, [B, T, C] -> [B, T, C].
 
     Three matrices of C × I instead of two: ``intermediate_size ≈ 8C/3`` has the parameters of
-    GPT-2's 4C MLP."""
+    GPT-2's 4C MLP. Also one expert of chapter 11's mixture of experts (``course_utils.moe``)."""
 
-    def __init__(self, config: LlamaConfig) -> None:
+    def __init__(self, n_embd: int, intermediate_size: int) -> None:
         super().__init__()
-        C, I = config.n_embd, config.intermediate_size
+        for name, value in (("n_embd", n_embd), ("intermediate_size", intermediate_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"SwiGLU {name} must be a positive int, got {value!r}")
+        C, I = n_embd, intermediate_size
         self.gate_proj = nn.Linear(C, I, bias=False)
         self.up_proj = nn.Linear(C, I, bias=False)
         self.down_proj = nn.Linear(I, C, bias=False)
@@ -246,7 +249,8 @@ class Block(nn.Module):
         self.input_layernorm = make_norm(config)
         self.self_attn = Attention(config)
         self.post_attention_layernorm = make_norm(config)
-        self.mlp = SwiGLU(config) if config.mlp == "swiglu" else GeluMLP(config)
+        self.mlp = (SwiGLU(config.n_embd, config.intermediate_size) if config.mlp == "swiglu"
+                    else GeluMLP(config))
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
