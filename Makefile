@@ -138,6 +138,12 @@ GPU_CHECK_ARGS ?=
 gpu-check:
 	@if [ -x "$(PY)" ]; then $(PY) tools/gpu_check.py $(GPU_CHECK_ARGS); else $(PYTHON) tools/gpu_check.py $(GPU_CHECK_ARGS); fi
 
+# Regenerate requirements.lock (exact versions + sha256 hashes) from what is installed in .venv:
+# install or upgrade a package there, run the tests, then `make lock` and commit both files.
+.PHONY: lock
+lock:
+	tools/lock.sh
+
 clean:
 	rm -rf build .pytest_cache
 	find . -path ./$(VENV) -prune -o -path ./data -prune -o \

@@ -26,16 +26,24 @@ def lock_entries(path: Path = LOCK) -> dict[str, tuple[Version, list[str]]]:
     """``{canonical name: (version, sha256 hashes)}`` from a hashed ``name==version \\`` lock;
     anything else is an error."""
     entries: dict[str, tuple[Version, list[str]]] = {}
+    extras: dict[str, tuple[Version, list[str]]] = {}
     text = re.sub(r"\\\n\s*", " ", path.read_text())  # join continuation lines
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)((?:\s+--hash=sha256:[0-9a-f]{64})*)", line)
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[a-z0-9,_-]+\])?==([^\s;]+)"
+                         r"((?:\s+--hash=sha256:[0-9a-f]{64})*)", line)
         assert m, f"{path.name}: entry {n}: expected 'name==version --hash=sha256:...', got {raw[:120]!r}"
         name = canonicalize_name(m.group(1))
+        entry = (Version(m.group(3)), re.findall(r"sha256:([0-9a-f]{64})", m.group(4)))
+        if m.group(2):  # `typepy[datetime]==v` (pip's hash mode needs the extras named) repeats `typepy==v`
+            extras[name] = entry
+            continue
         assert name not in entries, f"{path.name}: {name} pinned twice"
-        entries[name] = (Version(m.group(2)), re.findall(r"sha256:([0-9a-f]{64})", m.group(3)))
+        entries[name] = entry
+    for name, entry in extras.items():
+        assert entries.get(name) == entry, f"{path.name}: {name}[...] differs from {name}'s own entry"
     return entries
 
 
