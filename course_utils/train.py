@@ -6,7 +6,13 @@ several GPUs and TPU.
 * :func:`configure_optimizer` -- AdamW, weight decay on matrices only;
 * :class:`Trainer` -- gradient accumulation, clipping, mixed precision (``accelerate``),
   evaluation, a callback for live plots, a tqdm bar, and crash-safe checkpoints
-  (:mod:`course_utils.checkpoint`) from which :meth:`Trainer.fit` resumes exactly.
+  (:mod:`course_utils.checkpoint`) from which :meth:`Trainer.fit` resumes exactly;
+  optionally ``torch.compile`` (``compile="auto"``: on CUDA), keeping the weights of the lowest
+  validation loss (``keep_best``) and stopping early (``patience``).
+
+On a GPU the host must not wait for the device every step: the losses and gradient norms stay
+on the device and are read in one go every ``log_interval`` steps and at each evaluation (on a
+CPU reading them costs nothing, and they are read every step, as before).
 
 Batches come from a sampler with ``next_batch()``, ``eval_batches(n)``, ``state_dict()`` and
 ``load_state_dict()`` (see :mod:`course_utils.train_data`).
@@ -31,6 +37,7 @@ from .device import autocast_dtype, get_device, seed_everything
 from .train_data import to_device
 
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
+COMPILE = ("auto", "always", "never")
 _HISTORY_KEYS = ("step", "loss", "lr", "grad_norm", "eval_step", "train_loss", "val_loss")
 # settings that must not change between a run and its resumption (checked on resume)
 _RESUME_KEYS = ("max_steps", "lr", "warmup_steps", "min_lr", "batch_size", "grad_accum_steps", "seed")
@@ -69,7 +76,8 @@ class TrainEvent:
     kind: str
     step: int
     lr: float
-    loss: float | None = None          # mean training loss of the last optimizer step
+    loss: float | None = None          # mean training loss of the last optimizer step (None on a
+                                       # GPU between log points: reading it would wait for the GPU)
     train_loss: float | None = None    # at "eval": loss on the fixed training batches
     val_loss: float | None = None      # at "eval": loss on the fixed validation batches
     elapsed: float = 0.0               # seconds of training in this call of fit()
@@ -87,6 +95,15 @@ class TrainConfig:
     else fp32 (``$COURSE_PRECISION=fp32|bf16`` forces one). Weights, optimizer state and the loss
     stay fp32 in every mode; only the matmuls inside the forward and backward pass run in bf16.
     ``checkpoint_interval=None`` with a ``checkpoint_dir`` saves only at the end (or the stop).
+
+    ``keep_best=True``: the trainer keeps a CPU copy of the weights at the lowest validation
+    loss seen at an evaluation and ends with them (``history["best_step"]``,
+    ``["best_val_loss"]``, ``["kept"]`` say which and why). ``patience=n``: stop after ``n``
+    evaluations in a row without a new lowest validation loss (``history["stopped_early"]``).
+    Both need validation data. ``compile``: ``"auto"`` compiles the model with
+    ``torch.compile`` on CUDA only (on a CPU the compile time, ~20 s for a tiny model, is not
+    paid back in a chapter's run), ``"always"`` / ``"never"`` force it. ``log_interval``: how
+    often the losses are read from the device (None: every step on a CPU, every 10 on a GPU).
     """
 
     max_steps: int = 1000
@@ -108,6 +125,10 @@ class TrainConfig:
     log: Callable[[TrainEvent], None] | None = field(default=None, repr=False)
     progress: bool = True
     device: str | None = None
+    keep_best: bool = False
+    patience: int | None = None
+    compile: str = "auto"
+    log_interval: int | None = None
 
     def __post_init__(self) -> None:
         def positive_int(name: str, low: int = 1) -> None:
@@ -144,6 +165,23 @@ class TrainConfig:
             positive_int("keep_checkpoints")
         if self.log is not None and not callable(self.log):
             raise TypeError("TrainConfig.log must be a callable taking a TrainEvent")
+        if not isinstance(self.keep_best, bool):
+            raise ValueError(f"TrainConfig.keep_best must be True or False, got {self.keep_best!r}")
+        if self.patience is not None:
+            positive_int("patience")
+        if self.log_interval is not None:
+            positive_int("log_interval")
+        if self.compile not in COMPILE:
+            raise ValueError(f"TrainConfig.compile must be one of {COMPILE}, got {self.compile!r}")
+
+
+def should_compile(setting: str, device: torch.device | str) -> bool:
+    """Whether :class:`Trainer` compiles the model: ``"auto"`` on CUDA only, ``"always"``,
+    ``"never"``. On a CPU compiling a small model took ~20 s here (cold cache), more than a
+    chapter's run could win back. Defined in chapter 5, Pretraining."""
+    if setting not in COMPILE:
+        raise ValueError(f"compile must be one of {COMPILE}, got {setting!r}")
+    return setting == "always" or (setting == "auto" and torch.device(device).type == "cuda")
 
 
 def get_lr(step: int, *, max_lr: float, warmup_steps: int, max_steps: int, min_lr: float) -> float:
@@ -231,13 +269,26 @@ def make_accelerator(mixed_precision: str = "auto", device: str | None = None):
     return Accelerator(mixed_precision=mixed_precision, cpu=dev.type == "cpu")
 
 
+def _pinned(batch: Any) -> Any:
+    """CPU tensors of ``batch`` (a tensor, tuple, list or dict) in page-locked memory."""
+    if isinstance(batch, torch.Tensor):
+        return batch.pin_memory() if batch.device.type == "cpu" else batch
+    if isinstance(batch, dict):
+        return {k: _pinned(v) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_pinned(v) for v in batch)
+    return batch
+
+
 class Trainer:
     """Trains ``model`` on batches from ``train_data`` (a sampler, see :class:`BatchSource`).
 
     ``fit()`` runs to ``config.max_steps`` (or ``stop_after``), resuming from the newest valid
     checkpoint in ``config.checkpoint_dir`` when there is one. ``history`` holds the losses:
     ``step``, ``loss``, ``lr``, ``grad_norm`` (before clipping) per optimizer step and
-    ``eval_step``, ``train_loss``, ``val_loss`` per evaluation. Defined in chapter 5, Pretraining.
+    ``eval_step``, ``train_loss``, ``val_loss`` per evaluation; with ``keep_best`` or
+    ``patience`` also ``best_step``, ``best_val_loss``, ``stopped_early`` and ``kept`` (a
+    sentence: which step's weights the model ends with, and why). Defined in chapter 5, Pretraining.
     """
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, train_data: BatchSource,
@@ -251,25 +302,45 @@ class Trainer:
             missing = [m for m in ("next_batch", "eval_batches", "state_dict", "load_state_dict") if not hasattr(src, m)]
             if missing:
                 raise TypeError(f"{name} must be a sampler with {missing} (e.g. train_data.RandomBlockSampler)")
+        if (config.keep_best or config.patience is not None) and val_data is None:
+            raise ValueError("keep_best and patience compare validation losses: pass val_data")
         self.config, self.train_data, self.val_data, self.loss_fn = config, train_data, val_data, loss_fn
         self.accelerator = make_accelerator(config.mixed_precision, config.device)
         model = model.to(self.accelerator.device)
         optimizer = configure_optimizer(model, config.lr, config.weight_decay, config.betas)
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self._prepared, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.compiled = should_compile(config.compile, self.accelerator.device)
+        # compiled after prepare, as Accelerate's own dynamo option does; the parameters are shared
+        self.model = torch.compile(self._prepared) if self.compiled else self._prepared
+        dev_type = self.accelerator.device.type
+        # reading a CPU tensor costs nothing; on a GPU each read waits for every queued kernel
+        self._check_each_step = dev_type == "cpu"
+        self.log_interval = config.log_interval or (1 if dev_type == "cpu" else 10)
+        self._pending: list[tuple[int, float, torch.Tensor, torch.Tensor | None]] = []
+        self._best: dict[str, Any] | None = None   # step, val_loss, state (CPU tensors), bad_evals
+        self._stopped_early = False
         # the scheduler is stepped by hand once per optimizer step (not prepared: Accelerate
         # would step it once per process)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, self._lr_factor)
         self.step = 0
-        self.history: dict[str, list[float]] = {k: [] for k in _HISTORY_KEYS}
+        self.history: dict[str, Any] = {k: [] for k in _HISTORY_KEYS}
         self.resumed_from: Path | None = None
+        self._last_lr = config.lr
+
+    def _to_device(self, batch: Any) -> Any:
+        """The batch on the training device; on CUDA through pinned memory, so the copy does not
+        wait for the kernels already queued (nanoGPT's ``pin_memory().to(non_blocking=True)``)."""
+        if self.accelerator.device.type == "cuda":
+            batch = _pinned(batch)
+        return to_device(batch, self.accelerator.device)
 
     def _lr_factor(self, step: int) -> float:
         c = self.config
         return get_lr(step, max_lr=c.lr, warmup_steps=c.warmup_steps, max_steps=c.max_steps, min_lr=c.min_lr) / c.lr
 
     @property
-    def unwrapped_model(self) -> torch.nn.Module:  # the model without Accelerate's wrappers
-        return self.accelerator.unwrap_model(self.model)
+    def unwrapped_model(self) -> torch.nn.Module:  # the model without Accelerate's or compile's wrappers
+        return self.accelerator.unwrap_model(self._prepared)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -280,9 +351,10 @@ class Trainer:
         for split, src in (("train", self.train_data), ("val", self.val_data)):
             if src is None:
                 continue
-            losses = [self.loss_fn(self.model, to_device(b, self.accelerator.device)).float().item()
+            losses = [self.loss_fn(self.model, self._to_device(b)).detach().float()
                       for b in src.eval_batches(self.config.eval_iters)]
-            out[split] = sum(losses) / len(losses)
+            values = torch.stack(losses).tolist()   # one read from the device, summed as before on the host
+            out[split] = sum(values) / len(values)
         self.model.train()
         return out
 
@@ -291,7 +363,48 @@ class Trainer:
         self.history["eval_step"].append(self.step)
         self.history["train_loss"].append(ev.get("train", float("nan")))
         self.history["val_loss"].append(ev.get("val", float("nan")))
+        if self.config.keep_best or self.config.patience is not None:
+            self._track_best(ev["val"])
         return ev
+
+    # ------------------------------------------------------------------ keep the best
+    def _track_best(self, val: float) -> None:
+        """After an evaluation: a new lowest validation loss is remembered (with keep_best, its
+        weights as a CPU copy); otherwise one more evaluation without progress counts."""
+        c = self.config
+        # a finite loss below the best so far (a NaN best, e.g. at step 0, is beaten by any finite one)
+        if self._best is None or (math.isfinite(val) and not self._best["val_loss"] <= val):
+            state = None
+            if c.keep_best:
+                state = {k: v.detach().to("cpu", copy=True) for k, v in self.unwrapped_model.state_dict().items()}
+            self._best = {"step": self.step, "val_loss": val, "state": state, "bad_evals": 0}
+        else:
+            self._best["bad_evals"] += 1
+            if c.patience is not None and self._best["bad_evals"] >= c.patience:
+                self._stopped_early = True
+        self._write_best_history()
+
+    def _write_best_history(self) -> None:
+        b, c = self._best, self.config
+        if b is None:
+            return
+        self.history["best_step"], self.history["best_val_loss"] = b["step"], b["val_loss"]
+        self.history["stopped_early"] = self._stopped_early
+        why = []
+        if self._stopped_early:
+            why.append(f"stopped early at step {self.step}: {c.patience} evaluations without a lower "
+                       f"validation loss (patience {c.patience})")
+        if c.keep_best:
+            why.insert(0, f"step {b['step']}'s weights, the lowest validation loss ({b['val_loss']:.4f}; keep_best)")
+        else:
+            why.insert(0, f"step {self.step}'s weights, the last step's (the lowest validation loss, "
+                          f"{b['val_loss']:.4f}, was at step {b['step']}; keep_best is off)")
+        self.history["kept"] = "; ".join(why)
+
+    def _restore_best(self) -> None:
+        """End of the run with keep_best: the model takes the remembered weights."""
+        if self.config.keep_best and self._best is not None and self._best["state"] is not None:
+            self.unwrapped_model.load_state_dict(self._best["state"])
 
     def _emit(self, event: TrainEvent) -> None:
         if self.config.log is None:
@@ -305,6 +418,7 @@ class Trainer:
         """Write the full training state for the current step (see :mod:`course_utils.checkpoint`)."""
         if self.config.checkpoint_dir is None:
             raise ValueError("TrainConfig.checkpoint_dir is None: nowhere to save")
+        self._flush()   # the history is complete, and a non-finite loss stops before the save
         self.accelerator.wait_for_everyone()
         scaler = getattr(self.accelerator, "scaler", None)
         state = {
@@ -317,6 +431,10 @@ class Trainer:
             "val_data": self.val_data.state_dict() if self.val_data is not None else None,
             "history": self.history,
             "config": {k: getattr(self.config, k) for k in _RESUME_KEYS},
+            # what keep_best / patience need to go on: the best weights so far, saved with the rest
+            "best": None if self._best is None else {
+                **self._best, "stopped_early": self._stopped_early,
+                "why": self.history.get("kept", "")},
         }
         path = Path(self.config.checkpoint_dir) / ckpt.step_dir_name(self.step)
         if self.accelerator.is_main_process:
@@ -342,19 +460,27 @@ class Trainer:
         self.train_data.load_state_dict(state["train_data"])
         if self.val_data is not None and state.get("val_data") is not None:
             self.val_data.load_state_dict(state["val_data"])
-        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.history = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in state["history"].items()}
         self.step = int(state["step"])
+        best = state.get("best")
+        if best is not None:
+            self._best = {k: best[k] for k in ("step", "val_loss", "state", "bad_evals")}
+            self._stopped_early = bool(best.get("stopped_early", False))
+        if self.history["lr"]:
+            self._last_lr = self.history["lr"][-1]
         ckpt.set_rng_state(state["rng"])
         self.resumed_from = Path(path)
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, stop_after: int | None = None, resume: bool = True) -> dict[str, list[float]]:
+    def fit(self, stop_after: int | None = None, resume: bool = True) -> dict[str, Any]:
         """Train until ``config.max_steps`` (or until step ``stop_after``, to pause a run: the
-        schedule still follows ``max_steps``). Returns ``history``.
+        schedule still follows ``max_steps``), or until ``patience`` runs out. Returns ``history``.
 
         With ``resume`` and a valid checkpoint in ``checkpoint_dir``, training continues from it
-        and reproduces the uninterrupted run's losses (bit for bit on CPU). Otherwise all RNGs
-        are seeded with ``config.seed`` and the step-0 losses are evaluated first.
+        and reproduces the uninterrupted run's losses (bit for bit on CPU), the best weights so
+        far included. Otherwise all RNGs are seeded with ``config.seed`` and the step-0 losses
+        are evaluated first. When the run ends (not at a pause) with ``keep_best``, the model
+        holds the weights of its lowest validation loss.
         """
         c = self.config
         target = c.max_steps if stop_after is None else stop_after
@@ -372,34 +498,42 @@ class Trainer:
                    unit="step", dynamic_ncols=True)
         start = time.perf_counter()
         self.model.train()
-        while self.step < target:
-            loss = self._train_step()
+        while self.step < target and not self._stopped_early:
+            self._train_step()
             self.step += 1
-            lr = self.history["lr"][-1]
+            lr = self._last_lr
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+            is_eval = self.step % c.eval_interval == 0 or self.step == c.max_steps
+            loss = None
+            if is_eval or self.step % self.log_interval == 0 or self.step == target:
+                loss = self._flush()   # the one point where the host reads the losses
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)
             elapsed = time.perf_counter() - start
             self._emit(TrainEvent("step", self.step, lr, loss=loss, elapsed=elapsed, trainer=self))
-            if self.step % c.eval_interval == 0 or self.step == c.max_steps:
+            if is_eval:
                 ev = self._record_eval()
                 bar.set_postfix(loss=f"{loss:.3f}", val=f"{ev.get('val', float('nan')):.3f}", refresh=False)
                 self._emit(TrainEvent("eval", self.step, lr, loss=loss, train_loss=ev.get("train"),
                                       val_loss=ev.get("val"), elapsed=elapsed, trainer=self))
             interval_hit = c.checkpoint_interval is not None and self.step % c.checkpoint_interval == 0
-            if c.checkpoint_dir is not None and (interval_hit or self.step == target):
+            if c.checkpoint_dir is not None and (interval_hit or self.step == target or self._stopped_early):
                 self.save_checkpoint()
+        self._flush()
         bar.close()
+        if self.step >= c.max_steps or self._stopped_early:   # the run is over (not paused)
+            self._restore_best()
         last = self.history["lr"][-1] if self.history["lr"] else c.lr
         self._emit(TrainEvent("end", self.step, last, elapsed=time.perf_counter() - start, trainer=self))
         return self.history
 
-    def _train_step(self) -> float:
-        """One optimizer step over ``grad_accum_steps`` micro-batches; returns their mean loss."""
+    def _train_step(self) -> None:
+        """One optimizer step over ``grad_accum_steps`` micro-batches. Their mean loss and the
+        gradient norm stay on the device until :meth:`_flush` reads them (on a CPU: at once)."""
         c, acc = self.config, self.accelerator
         lr = self.optimizer.param_groups[0]["lr"]
         total = torch.zeros((), device=acc.device)
         for micro in range(c.grad_accum_steps):
-            batch = to_device(self.train_data.next_batch(), acc.device)
+            batch = self._to_device(self.train_data.next_batch())
             last = micro == c.grad_accum_steps - 1
             # under DDP, skip the gradient all-reduce until the last micro-batch
             with acc.no_sync(self.model) if not last else contextlib.nullcontext():
@@ -407,31 +541,60 @@ class Trainer:
                     loss = self.loss_fn(self.model, batch) / c.grad_accum_steps
                 acc.backward(loss)
             total += loss.detach().float()
-        value = acc.reduce(total, reduction="mean").item() if acc.num_processes > 1 else total.item()
-        if not math.isfinite(value):  # stop before the optimizer spreads NaN into every weight
-            self.optimizer.zero_grad(set_to_none=True)
-            self._raise_non_finite(value)
+        if acc.num_processes > 1:
+            total = acc.reduce(total, reduction="mean")   # a collective on the device, no host read
+        if self._check_each_step:  # stop before the optimizer spreads NaN into every weight
+            value = total.item()
+            if not math.isfinite(value):
+                self.optimizer.zero_grad(set_to_none=True)
+                self._raise_non_finite(value)
+        norm = None
         if c.grad_clip is not None:  # the norm before clipping is recorded (spikes show there)
             norm = acc.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-            self.history["grad_norm"].append(float(norm))
+            norm = norm.detach() if isinstance(norm, torch.Tensor) else torch.tensor(float(norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.history["step"].append(self.step + 1)
-        self.history["loss"].append(value)
-        self.history["lr"].append(lr)
-        return value
+        self._pending.append((self.step + 1, lr, total, norm))
+        self._last_lr = lr
 
-    def _raise_non_finite(self, value: float) -> None:
+    def _flush(self) -> float | None:
+        """Read the pending steps' losses and gradient norms from the device in one transfer,
+        append them to ``history`` and return the newest loss. A non-finite loss found here (a
+        GPU run, which does not read every step) raises :class:`NonFiniteLossError` naming its step;
+        checkpoints are written only after a flush, so none holds weights updated by it."""
+        if not self._pending:
+            return self.history["loss"][-1] if self.history["loss"] else None
+        pending, self._pending = self._pending, []
+        losses = torch.stack([p[2] for p in pending]).tolist()
+        norms = [None] * len(pending)
+        if pending[0][3] is not None:
+            norms = torch.stack([p[3].float().to(pending[0][3].device) for p in pending]).tolist()
+        for (step, lr, _, _), loss, norm in zip(pending, losses, norms):
+            if not math.isfinite(loss):
+                self._raise_non_finite(loss, step=step)
+            self.history["step"].append(step)
+            self.history["loss"].append(loss)
+            self.history["lr"].append(lr)
+            if norm is not None:
+                self.history["grad_norm"].append(norm)
+        return losses[-1]
+
+    def _raise_non_finite(self, value: float, step: int | None = None) -> None:
         c = self.config
         good = ckpt.latest_checkpoint(c.checkpoint_dir) if c.checkpoint_dir is not None else None
         where = (f"the last good checkpoint is {good} (fit() resumes from it)" if good is not None else
                  "no checkpoint was saved (set TrainConfig.checkpoint_dir and checkpoint_interval to keep one)")
+        if step is None:   # checked before the optimizer step (CPU)
+            step, what = self.step + 1, f"stopped before the optimizer step, so the model keeps step {self.step}'s weights"
+        else:              # found when the device's losses were read, log_interval steps later
+            what = (f"found when the losses were read at step {self.step} (read every {self.log_interval} "
+                    "steps on this device), so the weights after it are not to be trusted")
         raise NonFiniteLossError(
-            f"training loss is {value} at step {self.step + 1}: stopped before the optimizer step, so the "
-            f"model keeps step {self.step}'s weights; {where}. Common causes: lr too high (now {c.lr:g}), "
+            f"training loss is {value} at step {step}: {what}; {where}. Common causes: lr too high (now {c.lr:g}), "
             "no grad_clip, fp16 overflow (try mixed_precision='no' or 'bf16'), or NaN/inf in the data.",
-            step=self.step + 1, checkpoint=good)
+            step=step, checkpoint=good)
 
 
-__all__ = ["TrainConfig", "TrainEvent", "Trainer", "NonFiniteLossError", "BatchSource", "get_lr", "configure_optimizer", "default_loss", "make_accelerator"]
+__all__ = ["TrainConfig", "TrainEvent", "Trainer", "NonFiniteLossError", "BatchSource", "get_lr", "configure_optimizer",
+           "default_loss", "make_accelerator", "should_compile", "COMPILE"]

@@ -443,3 +443,161 @@ def test_resume_is_bit_exact_under_bf16(tmp_path: Path) -> None:
     for a, b in zip(full.unwrapped_model.parameters(), second.unwrapped_model.parameters()):
         assert torch.equal(a, b)
     make_accelerator("no", device="cpu")
+
+
+# ------------------------------------------------------------------ keep the best, patience (issue 32)
+def _alternating(n: int = 400) -> torch.Tensor:
+    """Next token = current + 1 or + 2, alternately: a model that learns "+1" (the training
+    data) gets better on this at first and then worse, as it grows sure of "+1"."""
+    out = [0]
+    for t in range(n - 1):
+        out.append((out[-1] + (1 if t % 2 == 0 else 2)) % VOCAB)
+    return torch.tensor(out)
+
+
+def _overfit_trainer(tmp: Path | None = None, max_steps: int = 40, **kw) -> Trainer:
+    torch.manual_seed(0)
+    cfg = TrainConfig(max_steps=max_steps, lr=5e-2, warmup_steps=2, eval_interval=2, eval_iters=2,
+                      batch_size=8, progress=False, mixed_precision="no", checkpoint_dir=tmp, **kw)
+    train = torch.arange(400) % VOCAB                       # next token = current + 1
+    return Trainer(TinyLM(dropout=0.0), cfg, RandomBlockSampler(train, BLOCK, 8, seed=0),
+                   RandomBlockSampler(_alternating(), BLOCK, 8, seed=1))
+
+
+def _weights(tr: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in tr.unwrapped_model.state_dict().items()}
+
+
+def test_keep_best_ends_with_the_weights_of_the_lowest_validation_loss() -> None:
+    tr = _overfit_trainer(keep_best=True)
+    h = tr.fit()
+    val, steps = h["val_loss"], h["eval_step"]
+    best = min(range(len(val)), key=val.__getitem__)
+    assert 0 < steps[best] < 40 and val[-1] > val[best] + 0.1, (steps, val)   # validation did turn
+    assert h["best_step"] == steps[best] and h["best_val_loss"] == val[best] and h["stopped_early"] is False
+    assert f"step {steps[best]}'s weights" in h["kept"] and "keep_best" in h["kept"]
+    # the same run paused at the best step holds exactly the weights the keep-best run ended with
+    twin = _overfit_trainer()
+    twin.fit(stop_after=steps[best])
+    kept, there = _weights(tr), _weights(twin)
+    assert kept.keys() == there.keys() and all(torch.equal(kept[k], there[k]) for k in kept)
+    assert tr.evaluate()["val"] == pytest.approx(val[best], abs=1e-6)
+    # without keep_best the model ends with the last step's (worse) weights
+    plain = _overfit_trainer()
+    plain.fit()
+    assert plain.evaluate()["val"] == pytest.approx(val[-1], abs=1e-6) and "best_step" not in plain.history
+
+
+def test_patience_stops_early_and_keeps_the_best(tmp_path: Path) -> None:
+    full = _overfit_trainer(keep_best=True)
+    full.fit()
+    tr = _overfit_trainer(tmp_path, keep_best=True, patience=3)
+    h = tr.fit()
+    assert h["stopped_early"] is True and h["best_step"] == full.history["best_step"]
+    assert tr.step == h["best_step"] + 3 * 2 < 40                     # 3 evaluations (every 2 steps) later
+    assert h["eval_step"][-1] == tr.step and "patience 3" in h["kept"]
+    assert all(torch.equal(a, b) for a, b in zip(_weights(tr).values(), _weights(full).values()))
+    # the checkpoint at the stop records it: fit() again does not train on
+    assert ckpt.latest_checkpoint(tmp_path).name == ckpt.step_dir_name(tr.step)
+    again = _overfit_trainer(tmp_path, keep_best=True, patience=3)
+    again.fit()
+    assert again.step == tr.step and again.history["stopped_early"] is True
+    assert all(torch.equal(a, b) for a, b in zip(_weights(again).values(), _weights(full).values()))
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path))
+    assert state["best"]["step"] == h["best_step"] and "patience" in state["best"]["why"]
+
+
+def test_resume_keeps_the_best_so_far(tmp_path: Path) -> None:
+    full = _overfit_trainer(keep_best=True)
+    full.fit()
+    best_step = full.history["best_step"]
+    first = _overfit_trainer(tmp_path, keep_best=True, checkpoint_interval=2)
+    first.fit(stop_after=best_step + 6)          # interrupted after the best step: its weights are only in the checkpoint
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path))
+    assert state["best"]["step"] == best_step and state["best"]["state"] is not None
+    second = _overfit_trainer(tmp_path, keep_best=True, checkpoint_interval=2)
+    with torch.no_grad():
+        for p in second.unwrapped_model.parameters():
+            p.add_(1.0)
+    second.fit()
+    assert second.resumed_from is not None and second.history["val_loss"] == full.history["val_loss"]
+    assert second.history["best_step"] == best_step
+    assert all(torch.equal(a, b) for a, b in zip(_weights(second).values(), _weights(full).values()))
+
+
+def test_losses_read_at_log_points_change_nothing() -> None:
+    """The losses read every 4th step (as on a GPU) are the ones read every step, bit for bit."""
+    every = _trainer(None)
+    every.fit()
+    events: list[TrainEvent] = []
+    sparse = _trainer(None, log_interval=5, log=events.append)
+    sparse.fit()
+    for key in ("step", "loss", "lr", "grad_norm", "val_loss"):
+        assert sparse.history[key] == every.history[key], key
+    step_losses = [e.loss for e in events if e.kind == "step"]
+    assert step_losses[4] == every.history["loss"][4] and step_losses[0] is None   # read at step 5, not 1
+    assert all(e.loss == every.history["loss"][e.step - 1] for e in events if e.kind == "eval")
+
+
+def test_non_finite_loss_found_at_a_log_point_names_its_step(tmp_path: Path) -> None:
+    """On a GPU the loss is read every log_interval steps: the error names the step that failed
+    and the last checkpoint saved before it (a save reads the losses first)."""
+    from course_utils.train import NonFiniteLossError
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(max_steps=12, lr=3e-2, warmup_steps=3, eval_interval=12, eval_iters=2, batch_size=4,
+                      checkpoint_dir=tmp_path, checkpoint_interval=2, progress=False, mixed_precision="no",
+                      log_interval=3)
+    tr = Trainer(NaNAfter(5), cfg, RandomBlockSampler(_data(), BLOCK, 4, seed=1))
+    tr._check_each_step = False                       # behave as on a GPU
+    with pytest.raises(NonFiniteLossError, match=r"step 5\b.*read at step 6.*step-000004") as err:
+        tr.fit()
+    assert err.value.step == 5 and err.value.checkpoint == tmp_path / "step-000004"
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000002", "step-000004"]
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(compile="fast"), "compile"),
+    (dict(patience=0), "patience"),
+    (dict(keep_best="yes"), "keep_best"),
+    (dict(log_interval=0), "log_interval"),
+])
+def test_bad_keep_best_compile_settings(kw: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kw)
+
+
+def test_keep_best_needs_validation_data() -> None:
+    cfg = TrainConfig(max_steps=2, warmup_steps=0, progress=False, mixed_precision="no", keep_best=True)
+    with pytest.raises(ValueError, match="val_data"):
+        Trainer(TinyLM(), cfg, RandomBlockSampler(_data(), BLOCK, 2))
+
+
+def test_compile_auto_means_cuda_only() -> None:
+    from course_utils.train import should_compile
+
+    assert should_compile("auto", "cuda") and not should_compile("auto", "cpu")
+    assert should_compile("always", "cpu") and not should_compile("never", "cuda")
+    assert _trainer(None).compiled is False                       # auto on this CPU: eager, as before
+    with pytest.raises(ValueError, match="compile"):
+        should_compile("yes", "cpu")
+
+
+@pytest.mark.slow
+def test_compiled_and_eager_losses_agree_on_cpu() -> None:
+    """torch.compile (inductor, a C++ compiler on CPU: ~20 s cold here) gives the eager losses."""
+    from course_utils.models import GPT, GPTConfig
+
+    runs = {}
+    for mode in ("never", "always"):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16))
+        cfg = TrainConfig(max_steps=4, lr=3e-2, warmup_steps=1, eval_interval=4, eval_iters=1, batch_size=4,
+                          progress=False, mixed_precision="no", compile=mode)
+        tr = Trainer(model, cfg, RandomBlockSampler(_data(), BLOCK, 4, seed=1),
+                     RandomBlockSampler(_data(seed=5), BLOCK, 4, seed=2))
+        assert tr.compiled is (mode == "always")
+        runs[mode] = tr.fit()
+        assert not any(k.startswith("_orig_mod") for k in tr.unwrapped_model.state_dict())
+    assert runs["always"]["loss"] == pytest.approx(runs["never"]["loss"], rel=1e-4)
+    assert runs["always"]["val_loss"] == pytest.approx(runs["never"]["val_loss"], rel=1e-4)
