@@ -7,7 +7,8 @@ Everything here works on logits, or on a *step function*
 so the same loop drives the course's GPT, a transformers model or a fake model with a fixed
 transition table (the tests use one). :func:`step_fn` builds a step function from a model:
 with ``use_cache=True`` it feeds only the tokens the cache has not seen (a KV cache), without
-it recomputes the whole prefix every step. The logits processors reproduce transformers'
+it recomputes the whole prefix every step; ``cache="static"`` gives the course GPT a
+pre-allocated cache (:class:`course_utils.kv_cache.StaticKVCache`) instead of a growing one. The logits processors reproduce transformers'
 ``RepetitionPenaltyLogitsProcessor``, ``TemperatureLogitsWarper``, ``TopKLogitsWarper`` and
 ``TopPLogitsWarper`` exactly, applied in that order as ``generate()`` does.
 
@@ -25,11 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .kv_cache import StaticKVCache
+
 NextLogits = Callable[[Tensor, Any], tuple[Tensor, Any]]
 
 __all__ = ["NextLogits", "apply_temperature", "top_k_filter", "top_p_filter", "apply_repetition_penalty",
            "process_logits", "sample_next", "step_fn", "reorder_cache", "generate", "BeamSearchOutput",
-           "beam_search", "total_nll", "bits_per_char"]
+           "beam_search", "total_nll", "bits_per_char", "CACHE_KINDS"]
+
+#: The KV caches a course GPT can decode with: a growing one, or a pre-allocated one.
+CACHE_KINDS = ("dynamic", "static")
 
 
 # ----------------------------------------------------------------------------------- checks
@@ -175,7 +181,7 @@ def _model_kind(model: torch.nn.Module) -> str:
     return "plain"
 
 
-def step_fn(model: torch.nn.Module, use_cache: bool = True) -> NextLogits:
+def step_fn(model: torch.nn.Module, use_cache: bool = True, cache: str = "dynamic") -> NextLogits:
     """A step function ``next_logits(ids, cache)`` for a model whose output has ``.logits``.
 
     Works with the course GPT (``kv_cache=``), transformers models (``past_key_values=``) and
@@ -183,12 +189,20 @@ def step_fn(model: torch.nn.Module, use_cache: bool = True) -> NextLogits:
     The cache it returns is ``(tokens_seen, model_cache)``; with ``use_cache=False`` every step
     runs the whole prefix. A model with ``config.block_size`` (learned positions) sees only the
     last ``block_size`` tokens once the text is longer, recomputed each step: a cache cannot
-    slide past the last learned position. Defined in chapter 6, Generation.
+    slide past the last learned position. ``cache="static"`` (course GPT only): keys and values
+    go into a :class:`~course_utils.kv_cache.StaticKVCache` of ``block_size`` slots allocated at
+    the first step (same tokens as the growing ``"dynamic"`` cache; fixed shapes, what a GPU's
+    compiled or captured step needs). Defined in chapter 6, Generation.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"step_fn expects a torch.nn.Module, got {type(model).__name__}")
+    _check_cache_kind(cache)
     kind = _model_kind(model)
+    if cache == "static" and kind != "course":
+        raise ValueError(f"cache='static' needs the course GPT (a forward with kv_cache=); "
+                         f"{type(model).__name__} has its own caches: use cache='dynamic'")
     block_size = getattr(getattr(model, "config", None), "block_size", None)
+    static = cache == "static"
 
     @torch.no_grad()
     def next_logits(ids: Tensor, cache: Any) -> tuple[Tensor, Any]:
@@ -200,6 +214,8 @@ def step_fn(model: torch.nn.Module, use_cache: bool = True) -> NextLogits:
             return out.logits[:, -1, :].float(), None
         seen, inner = cache if cache is not None else (0, None)
         new = ids[:, seen:]
+        if static and inner is None:
+            inner = StaticKVCache.for_model(model, ids.shape[0])
         if kind == "course":
             out = model(new, kv_cache=inner, use_cache=True)
             inner = out.kv_cache
@@ -232,9 +248,17 @@ def reorder_cache(cache: Any, index: Tensor) -> Any:
     return cache
 
 
-def _as_step(model_or_fn: torch.nn.Module | NextLogits, use_cache: bool) -> NextLogits:
+def _check_cache_kind(cache: str) -> None:
+    if cache not in CACHE_KINDS:
+        raise ValueError(f"cache must be one of {CACHE_KINDS}, got {cache!r}")
+
+
+def _as_step(model_or_fn: torch.nn.Module | NextLogits, use_cache: bool, cache: str = "dynamic") -> NextLogits:
     if isinstance(model_or_fn, torch.nn.Module):
-        return step_fn(model_or_fn, use_cache=use_cache)
+        return step_fn(model_or_fn, use_cache=use_cache, cache=cache)
+    _check_cache_kind(cache)
+    if cache != "dynamic":
+        raise ValueError("cache='static' is chosen with a model; a step function brings its own cache")
     if not callable(model_or_fn):
         raise TypeError("expected a model (torch.nn.Module) or a step function next_logits(ids, cache)")
     return model_or_fn
@@ -246,13 +270,14 @@ def generate(model_or_fn: torch.nn.Module | NextLogits, ids: Tensor, max_new_tok
              do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, repetition_penalty: float = 1.0,
              eos_token_id: int | None = None, generator: torch.Generator | None = None,
-             use_cache: bool = True) -> Tensor:
+             use_cache: bool = True, cache: str = "dynamic") -> Tensor:
     """Extend ``ids`` [B, T] by up to ``max_new_tokens`` tokens: greedy (argmax) or sampled.
 
     The logits of each step go through :func:`process_logits`; greedy decoding takes the
     argmax (temperature, top-k and top-p do not change it; the repetition penalty does).
     Rows that produced ``eos_token_id`` are padded with it; the loop stops when all have.
-    Returns ids [B, T + n] with n <= max_new_tokens. Defined in chapter 6, Generation.
+    ``cache``: ``"dynamic"`` (a growing KV cache) or ``"static"`` (pre-allocated, course GPT;
+    see :func:`step_fn`). Returns ids [B, T + n] with n <= max_new_tokens. Defined in chapter 6, Generation.
     """
     _check_ids(ids)
     _check_int(max_new_tokens, "max_new_tokens", 0)
@@ -264,11 +289,11 @@ def generate(model_or_fn: torch.nn.Module | NextLogits, ids: Tensor, max_new_tok
     _check_positive(repetition_penalty, "repetition_penalty", " (1.0 = no penalty)")
     if eos_token_id is not None:
         _check_int(eos_token_id, "eos_token_id", 0)
-    step = _as_step(model_or_fn, use_cache)
+    step = _as_step(model_or_fn, use_cache, cache)
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    cache = None
+    state = None
     for _ in range(max_new_tokens):
-        logits, cache = step(ids, cache)
+        logits, state = step(ids, state)
         logits = process_logits(logits, ids, temperature=temperature, top_k=top_k, top_p=top_p,
                                 repetition_penalty=repetition_penalty)
         nxt = sample_next(logits, generator) if do_sample else logits.argmax(dim=-1, keepdim=True)
@@ -297,7 +322,7 @@ class BeamSearchOutput:
 def beam_search(model_or_fn: torch.nn.Module | NextLogits, ids: Tensor, max_new_tokens: int, *,
                 num_beams: int = 4, length_penalty: float = 1.0, eos_token_id: int | None = None,
                 early_stopping: bool = False, pad_token_id: int | None = None,
-                use_cache: bool = True) -> BeamSearchOutput:
+                use_cache: bool = True, cache: str = "dynamic") -> BeamSearchOutput:
     """Beam search over one prompt ``ids`` [1, T], keeping the ``num_beams`` best partial sequences.
 
     Each step scores every (beam, token) continuation by its summed log-probability and keeps
@@ -316,14 +341,14 @@ def beam_search(model_or_fn: torch.nn.Module | NextLogits, ids: Tensor, max_new_
     _check_int(max_new_tokens, "max_new_tokens", 1)
     if not isinstance(length_penalty, (int, float)) or not math.isfinite(length_penalty):
         raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
-    step = _as_step(model_or_fn, use_cache)
+    step = _as_step(model_or_fn, use_cache, cache)
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
     prompt_len = ids.shape[1]
     running, running_scores = ids, torch.zeros(1, device=ids.device)      # [beams, T], [beams]
     finished: list[tuple[float, Tensor, int]] = []                       # (score, seq, new_tokens)
-    cache = None
+    state = None
     for t in range(max_new_tokens):
-        logits, cache = step(running, cache)                              # [beams, V]
+        logits, state = step(running, state)                              # [beams, V]
         vocab = logits.shape[-1]
         cand = (running_scores[:, None] + F.log_softmax(logits.float(), dim=-1)).reshape(-1)
         top_scores, top_idx = torch.topk(cand, min(2 * num_beams, cand.numel()))
@@ -345,7 +370,7 @@ def beam_search(model_or_fn: torch.nn.Module | NextLogits, ids: Tensor, max_new_
         sel = torch.tensor(keep_beams, device=ids.device)
         running = torch.cat([running[sel], torch.tensor(keep_tokens, device=ids.device)[:, None]], dim=1)
         running_scores = torch.tensor(keep_scores, device=ids.device)
-        cache = None if cache is None else reorder_cache(cache, sel)
+        state = None if state is None else reorder_cache(state, sel)
         if len(finished) == num_beams:
             best_possible = keep_scores[0] / (t + 1) ** length_penalty
             if early_stopping or best_possible <= finished[-1][0]:

@@ -20,9 +20,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..kv_cache import StaticKVCache, StaticLayerKV
 from .io import load_checkpoint, save_checkpoint
 
-#: One ``(keys, values)`` pair per layer, each ``[B, n_head, T_past, head_dim]``.
+#: One ``(keys, values)`` pair per layer, each ``[B, n_head, T_past, head_dim]`` (the dynamic
+#: cache; :class:`course_utils.kv_cache.StaticKVCache` is the pre-allocated one).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 IGNORE_INDEX = -100  # targets equal to this are left out of the loss (PyTorch's default)
@@ -77,7 +79,9 @@ class CausalSelfAttention(nn.Module):
 
     Fast path: ``F.scaled_dot_product_attention`` (``is_causal`` when there is no cache).
     Teaching path (``output_attentions=True``): softmax(QKᵀ/√d + mask)·V written out, which also
-    returns the weights ``[B, H, T, T_total]``.
+    returns the weights ``[B, H, T, T_total]``. ``past`` is the dynamic cache's ``(k, v)``
+    (concatenated with the new ones) or a static cache's layer (written in place at ``positions``,
+    attention over all its slots with the unwritten ones masked: fixed shapes).
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -93,13 +97,17 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past: tuple[torch.Tensor, torch.Tensor] | StaticLayerKV | None = None,
         output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
-        """``x`` [B, T, C] -> (y [B, T, C], (k, v) each [B, H, T_past+T, hd], weights or None)."""
+        positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | StaticLayerKV, torch.Tensor | None]:
+        """``x`` [B, T, C] -> (y [B, T, C], (k, v) each [B, H, T_past+T, hd] or the static
+        layer, weights or None). ``positions`` [T]: where the tokens sit (static cache only)."""
         B, T, C = x.shape
         # [B, T, 3C] -> [3, B, H, T, hd]: one matmul for q, k and v, then views (no copies).
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if isinstance(past, StaticLayerKV):
+            return self._attend_static(q, k, v, past, positions, output_attentions)
         t_past = 0
         if past is not None:
             t_past = past[0].size(2)
@@ -126,6 +134,29 @@ class CausalSelfAttention(nn.Module):
         if p > 0:
             y = self.resid_dropout(y)
         return y, (k, v), weights
+
+    def _attend_static(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: StaticLayerKV,
+                       positions: torch.Tensor | None, output_attentions: bool):
+        """Attention through a static cache: write k, v [B, H, T, hd] at ``positions`` [T], then
+        every query attends over all ``max_len`` slots, those after its own position masked."""
+        if positions is None:
+            raise ValueError("a static cache needs the positions of the new tokens")
+        B, _, T, _ = q.shape
+        keys, values = layer.write(k, v, positions)                   # [B, H, max_len, hd]
+        slots = torch.arange(keys.size(2), device=q.device)
+        mask = slots[None, :] <= positions[:, None]                   # [T, max_len]
+        p = self.dropout if self.training else 0.0
+        weights = None
+        if output_attentions:
+            att = (q @ keys.transpose(-2, -1).to(q.dtype)) * (1.0 / math.sqrt(self.head_dim))
+            weights = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
+            y = (F.dropout(weights, p) if p > 0 else weights) @ values.to(q.dtype)
+        else:
+            y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, dropout_p=p)
+        y = self.c_proj(y.transpose(1, 2).reshape(B, T, self.n_embd))
+        if p > 0:
+            y = self.resid_dropout(y)
+        return y, layer, weights
 
 
 class MLP(nn.Module):
@@ -154,10 +185,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None,
-                output_attentions: bool = False):
-        """[B, T, C] -> ([B, T, C], (k, v), weights or None)."""
-        a, kv, weights = self.attn(self.ln_1(x), past, output_attentions)
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | StaticLayerKV | None = None,
+                output_attentions: bool = False, positions: torch.Tensor | None = None):
+        """[B, T, C] -> ([B, T, C], (k, v) or the static layer, weights or None)."""
+        a, kv, weights = self.attn(self.ln_1(x), past, output_attentions, positions)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, kv, weights
@@ -168,13 +199,13 @@ class GPTOutput:
     """What :meth:`GPT.forward` returns.
 
     ``logits`` [B, T, V]; ``loss`` (scalar) when targets were given; ``kv_cache`` (one
-    ``(k, v)`` per layer) when ``use_cache``; ``attentions`` (one [B, H, T, T_total] per layer)
-    when ``output_attentions``.
+    ``(k, v)`` per layer) when ``use_cache``, or the static cache that was passed in;
+    ``attentions`` (one [B, H, T, T_total] per layer) when ``output_attentions``.
     """
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
-    kv_cache: KVCache | None = None
+    kv_cache: KVCache | StaticKVCache | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
@@ -247,7 +278,8 @@ class GPT(nn.Module):
             raise TypeError(f"{name} must hold integer token ids (torch.long), got dtype {idx.dtype}")
         if idx.dim() != 2:
             raise ValueError(f"{name} must have shape [B, T], got {tuple(idx.shape)}")
-        if idx.device.type == "cpu" and idx.numel() > 0:  # cheap on CPU; would sync a GPU
+        # cheap on CPU; would sync a GPU, and break a compiled graph
+        if idx.device.type == "cpu" and idx.numel() > 0 and not torch.compiler.is_compiling():
             lo, hi = (int(v) for v in torch.aminmax(idx))
             if lo < 0 or hi >= self.config.vocab_size:
                 raise ValueError(f"{name} has token ids in [{lo}, {hi}], outside [0, {self.config.vocab_size})")
@@ -257,20 +289,29 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
-        kv_cache: KVCache | None = None,
+        kv_cache: KVCache | StaticKVCache | None = None,
         use_cache: bool = False,
         output_attentions: bool = False,
+        cache_position: torch.Tensor | None = None,
     ) -> GPTOutput:
         """Logits for every position of ``idx`` [B, T] (int64) -> :class:`GPTOutput`.
 
         ``targets`` [B, T] (int64; ``-100`` = ignore) gives the mean cross-entropy ``loss``.
         ``kv_cache`` holds the keys/values of earlier tokens: ``idx`` then continues them, its
-        positions start after the cached ones, and the logits equal a full recompute.
+        positions start after the cached ones, and the logits equal a full recompute. With a
+        :class:`~course_utils.kv_cache.StaticKVCache` the new keys/values are written into it in
+        place, at positions ``cache.length ..`` (then ``cache.length`` advances by T) or at
+        ``cache_position`` [T] when given (a compiled decode step: nothing read on the host,
+        the caller keeps ``cache.length``).
         """
         self._check_idx(idx)
         B, T = idx.shape
         if T == 0:
             raise ValueError("idx must contain at least one token (got T = 0)")
+        if isinstance(kv_cache, StaticKVCache):
+            return self._forward_static(idx, targets, kv_cache, cache_position, output_attentions)
+        if cache_position is not None:
+            raise ValueError("cache_position goes with a StaticKVCache (the dynamic cache counts positions itself)")
         t_past = 0
         if kv_cache is not None:
             if len(kv_cache) != self.config.n_layer:
@@ -285,8 +326,7 @@ class GPT(nn.Module):
         if targets is not None and (not isinstance(targets, torch.Tensor) or targets.shape != idx.shape):
             raise ValueError(f"targets must be a tensor of idx's shape {tuple(idx.shape)}, got "
                              f"{tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__}")
-        if targets is not None:
-            check_class_ids("targets", targets, self.config.vocab_size)
+        self._check_targets(targets)
 
         # position embeddings of positions t_past .. t_past+T-1: a slice (cheaper than a lookup)
         x = self.transformer.wte(idx) + self.transformer.wpe.weight[t_past:t_past + T]   # [B, T, C]
@@ -301,14 +341,57 @@ class GPT(nn.Module):
                 new_cache.append(kv)
             if attentions is not None:
                 attentions.append(weights)
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)                                     # [B, T, V]
+        logits, loss = self._head(x, targets)
+        return GPTOutput(logits=logits, loss=loss, kv_cache=new_cache,
+                         attentions=tuple(attentions) if attentions is not None else None)
+
+    def _check_targets(self, targets: torch.Tensor | None) -> None:
+        if targets is None:
+            return
+        if targets.device.type == "cpu" and not torch.compiler.is_compiling():
+            check_class_ids("targets", targets, self.config.vocab_size)
+        elif targets.dtype.is_floating_point or targets.dtype == torch.bool:
+            # on a GPU the range check would wait for the device every step: only the dtype here
+            raise TypeError(f"targets must be an integer tensor of class ids, got {targets.dtype}")
+
+    def _head(self, x: torch.Tensor, targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Final LayerNorm and the tied output layer: x [B, T, C] -> (logits [B, T, V], loss or None)."""
+        logits = self.lm_head(self.transformer.ln_f(x))              # [B, T, V]
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1).long(),
                                    ignore_index=IGNORE_INDEX)
-        return GPTOutput(logits=logits, loss=loss, kv_cache=new_cache,
-                         attentions=tuple(attentions) if attentions is not None else None)
+        return logits, loss
+
+    def _forward_static(self, idx: torch.Tensor, targets: torch.Tensor | None, cache: StaticKVCache,
+                        cache_position: torch.Tensor | None, output_attentions: bool) -> GPTOutput:
+        """:meth:`forward` through a static cache (see there)."""
+        B, T = idx.shape
+        if len(cache) != self.config.n_layer or cache.batch_size != B:
+            raise ValueError(f"the static cache has {len(cache)} layers and batch {cache.batch_size}; "
+                             f"the model has {self.config.n_layer} layers, idx batch {B}")
+        if cache.max_len > self.config.block_size:
+            raise ValueError(f"the static cache has {cache.max_len} slots, more than block_size={self.config.block_size}")
+        if cache_position is None:
+            if cache.length + T > cache.max_len:
+                raise ValueError(f"the static cache holds {cache.length} of {cache.max_len} positions: "
+                                 f"no room for {T} more")
+            cache_position = torch.arange(cache.length, cache.length + T, device=idx.device)
+            cache.length += T
+        elif cache_position.shape != (T,):
+            raise ValueError(f"cache_position must have shape [T] = [{T}], got {tuple(cache_position.shape)}")
+        self._check_targets(targets)
+        x = self.transformer.wte(idx) + self.transformer.wpe(cache_position)   # [B, T, C]
+        if self.config.dropout > 0 and self.training:
+            x = self.transformer.drop(x)
+        attentions: list[torch.Tensor] = []
+        for block, layer in zip(self.transformer.h, cache.layers):
+            x, _, weights = block(x, layer, output_attentions, cache_position)
+            if weights is not None:
+                attentions.append(weights)
+        logits, loss = self._head(x, targets)
+        return GPTOutput(logits=logits, loss=loss, kv_cache=cache,
+                         attentions=tuple(attentions) if output_attentions else None)
 
     @torch.no_grad()
     def generate(
