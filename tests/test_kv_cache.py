@@ -122,3 +122,15 @@ def test_compiled_decode_step_gives_the_same_tokens_on_cpu():
     with torch._dynamo.config.patch(error_on_recompile=True):
         out = greedy_decode(model, prompt, 20, cache="static", step=step, static_cache=cache)
     assert torch.equal(out, greedy_decode(model, prompt, 20))
+
+
+def test_gpt_generate_with_a_static_cache():
+    model, prompt = _gpt(block=16), _prompt(3)
+    for n in (8, 30):                                               # within the block, and sliding past it
+        assert torch.equal(model.generate(prompt, n, temperature=0, cache="static"),
+                           model.generate(prompt, n, temperature=0))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(model.generate(prompt, 9, top_k=5, generator=g1, cache="static"),
+                       model.generate(prompt, 9, top_k=5, generator=g2))
+    with pytest.raises(ValueError, match="cache must be"):
+        model.generate(prompt, 2, cache="paged")

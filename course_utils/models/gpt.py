@@ -403,13 +403,16 @@ class GPT(nn.Module):
         top_p: float | None = None,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        cache: str = "dynamic",
     ) -> torch.Tensor:
         """Continue ``idx`` [B, T] by ``max_new_tokens`` sampled tokens -> [B, T + max_new_tokens].
 
         ``temperature=0`` is greedy (argmax). ``top_k`` keeps the k most likely tokens, ``top_p``
         the smallest set whose probability reaches p (nucleus). Past ``block_size`` the context
         is a sliding window of the last ``block_size`` tokens (recomputed; with learned absolute
-        positions a cache cannot slide). The model is put in eval mode for the call.
+        positions a cache cannot slide). The model is put in eval mode for the call. ``cache``:
+        ``"dynamic"`` grows by one token per step, ``"static"`` is a
+        :class:`~course_utils.kv_cache.StaticKVCache` of ``block_size`` slots (same tokens).
         """
         self._check_idx(idx)
         if idx.size(1) == 0:
@@ -424,15 +427,21 @@ class GPT(nn.Module):
         if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real)
                                   or not 0.0 < top_p <= 1.0):
             raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
-        was_training, bs, cache = self.training, self.config.block_size, None
+        if cache not in ("dynamic", "static"):
+            raise ValueError(f"cache must be 'dynamic' or 'static', got {cache!r}")
+        was_training, bs, kv = self.training, self.config.block_size, None
         self.eval()
         try:
             for _ in range(max_new_tokens):
-                if use_cache and cache is not None and cache[0][0].size(2) < bs:
-                    out = self(idx[:, -1:], kv_cache=cache, use_cache=True)
+                cached = 0 if kv is None else (kv.length if isinstance(kv, StaticKVCache) else kv[0][0].size(2))
+                if use_cache and kv is not None and cached < bs:
+                    out = self(idx[:, -1:], kv_cache=kv, use_cache=True)
+                elif use_cache and cache == "static" and idx.size(1) < bs:  # first step: fill a new one
+                    kv = StaticKVCache.for_model(self, idx.size(0))
+                    out = self(idx, kv_cache=kv)
                 else:  # first step, no cache, or the window is full: (re)compute the context
-                    out = self(idx[:, -bs:], use_cache=use_cache)
-                cache = out.kv_cache
+                    out = self(idx[:, -bs:], use_cache=use_cache and cache == "dynamic")
+                kv = out.kv_cache
                 logits = out.logits[:, -1, :]
                 idx_next = sample_next_token(logits, temperature, top_k, top_p, generator)
                 idx = torch.cat((idx, idx_next), dim=1)
