@@ -5,7 +5,9 @@ model on a *task*: a YAML file that says where the data is, how a document becom
 the model is asked (the log-likelihood of each choice, or a greedy generation) and which metric
 scores the answer. Its built-in tasks download their data from the Hugging Face Hub; here every
 task reads a local JSON-lines file (``dataset_path: json`` with ``data_files``), so nothing needs
-the network. Two kinds of task are written:
+the network. Two kinds of task are written; each is a short YAML file that includes one of the
+templates in ``course_utils/eval_tasks/`` (the prompt, the request type and the metric) and adds
+its name, its data file and, for generation, its stop strings and regex:
 
 * :func:`write_mmlu_task` -- multiple choice by log-likelihood, the usual zero-shot MMLU prompt
   (subject line, question, ``A. .. D.``, ``Answer:``): the model "answers" the choice among
@@ -45,10 +47,8 @@ MMLU_SUBJECTS = 57
 MMLU_FIELDS = ("question", "answer_a", "answer_b", "answer_c", "answer_d", "correct_answer", "topic")
 LETTERS = ("A", "B", "C", "D")
 MMLU_CHANCE = 1 / len(LETTERS)
-MMLU_PROMPT = ("The following are multiple choice questions (with answers) about {{subject}}.\n\n"
-               "{{question.strip()}}\n"
-               + "".join(f"{letter}. {{{{choices[{i}]}}}}\n" for i, letter in enumerate(LETTERS))
-               + "Answer:")
+TEMPLATES = Path(__file__).resolve().parent / "eval_tasks"   # the task definitions, in lm-eval's YAML
+MMLU_TEMPLATE, GENERATION_TEMPLATE = "_mmlu_template_yaml", "_generation_template_yaml"
 FALLBACK = "[invalid]"     # what lm-eval's regex filter returns for a reply it cannot parse
 TASK_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
@@ -158,8 +158,10 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _write_task(folder: str | Path, name: str, docs: list[dict[str, Any]], config: dict[str, Any]) -> str:
-    """Write ``docs`` as ``<name>-<digest>.jsonl`` and the task ``<name>.yaml`` pointing at it.
+def _write_task(folder: str | Path, name: str, docs: list[dict[str, Any]], template: str,
+                config: dict[str, Any] | None = None) -> str:
+    """Write ``docs`` as ``<name>-<digest>.jsonl`` and the task ``<name>.yaml``: it includes
+    ``template`` (a file of :data:`TEMPLATES`) and adds the task's name, its data file and ``config``.
 
     The data file is named by its content's digest, so ``datasets``' cache (keyed by path and
     modification time) can never serve an older version of a task that was rewritten.
@@ -169,14 +171,13 @@ def _write_task(folder: str | Path, name: str, docs: list[dict[str, Any]], confi
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    data = folder / f"{name}-{digest}.jsonl"
+    data = folder / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
     for old in folder.glob(f"{name}-*.jsonl"):
         if old != data:
             old.unlink()
     data.write_text(text, encoding="utf-8")
-    task = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
-            "test_split": "test", "num_fewshot": 0, **config, "metadata": {"version": 1.0, "written_by": "course_utils.evaluation"}}
+    task = {"task": name, "include": str(TEMPLATES / template),
+            "dataset_kwargs": {"data_files": {"test": str(data)}}, **(config or {})}
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(task, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return name
 
@@ -212,13 +213,7 @@ def write_mmlu_task(folder: str | Path, rows: Sequence[Mapping[str, Any]], name:
                              f"{len(r['choices'])} choices and answer {r['answer']!r}")
         docs.append({"subject": r["subject"], "question": r["question"], "choices": list(r["choices"]),
                      "answer": int(r["answer"])})
-    return _write_task(folder, name, docs, {
-        "output_type": "multiple_choice",
-        "doc_to_text": MMLU_PROMPT,
-        "doc_to_choice": list(LETTERS),
-        "doc_to_target": "answer",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-    })
+    return _write_task(folder, name, docs, MMLU_TEMPLATE)
 
 
 def extract_answer(text: str, regex: str) -> str | None:
@@ -265,15 +260,11 @@ def write_generation_task(folder: str | Path, name: str, examples: Sequence[Mapp
             raise ValueError(f"examples[{i}] must be {{'prompt': str, 'answer': str}}, got {ex!r:.80}")
         target = extract_answer(ex["answer"], pattern.pattern) or ex["answer"].strip()
         docs.append({"prompt": ex["prompt"], "answer": ex["answer"], "target": target})
-    return _write_task(folder, name, docs, {
-        "output_type": "generate_until",
-        "doc_to_text": "prompt",
-        "doc_to_target": "target",
+    return _write_task(folder, name, docs, GENERATION_TEMPLATE, {
         "generation_kwargs": {"until": list(until), "max_gen_toks": max_gen_toks, "do_sample": False},
         "filter_list": [{"name": "extract", "filter": [
             {"function": "regex", "regex_pattern": pattern.pattern, "fallback": FALLBACK},
             {"function": "take_first"}]}],
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
     })
 
 
@@ -346,7 +337,8 @@ def _quiet_lm_eval() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _task_kind(folder: Path, name: str) -> str:
+def _task_config(folder: Path, name: str) -> dict[str, Any]:
+    """The task file ``<folder>/<name>.yaml`` merged over the template it includes."""
     import yaml
 
     path = folder / f"{name}.yaml"
@@ -354,7 +346,22 @@ def _task_kind(folder: Path, name: str) -> str:
         have = sorted(p.stem for p in folder.glob("*.yaml"))
         raise ValueError(f"no task {name!r} in {folder} (tasks there: {have}); write it with write_mmlu_task "
                          "or write_generation_task first")
-    return yaml.safe_load(path.read_text(encoding="utf-8"))["output_type"]
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    base = yaml.safe_load(Path(cfg.pop("include")).read_text(encoding="utf-8")) if "include" in cfg else {}
+    return {**base, **cfg}
+
+
+def task_prompts(folder: str | Path, name: str, n: int = 2) -> list[str]:
+    """The first ``n`` prompts of task ``name`` exactly as lm-eval builds them (for a multiple-choice
+    task the model is then scored on each of `` A`` .. `` D`` after it). Defined in chapter 12, Post-training."""
+    from lm_eval.tasks import TaskManager
+
+    folder = Path(folder).resolve()
+    _task_config(folder, _check_name(name))
+    with _quiet_lm_eval():
+        task = TaskManager(include_path=str(folder), include_defaults=False).load([name])["tasks"][name]
+        docs = task.test_docs()
+        return [task.doc_to_text(docs[i]) for i in range(min(n, len(docs)))]
 
 
 def evaluate(model: Any, tokenizer: Any, tasks: str | Sequence[str], folder: str | Path, *, batch_size: int = 8,
@@ -379,7 +386,7 @@ def evaluate(model: Any, tokenizer: Any, tasks: str | Sequence[str], folder: str
     names = [tasks] if isinstance(tasks, str) else list(tasks)
     if not names:
         raise ValueError("tasks is empty: name at least one task written into the folder")
-    kinds = {n: _task_kind(folder, _check_name(n)) for n in names}
+    kinds = {n: _task_config(folder, _check_name(n))["output_type"] for n in names}
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -441,5 +448,5 @@ def _result(name: str, kind: str, res: dict[str, Any], seconds: float, lm: Any) 
 
 
 __all__ = ["MMLU_ROWS", "MMLU_SUBJECTS", "MMLU_CHANCE", "read_mmlu", "mmlu_questions", "stratified_subset",
-           "wilson_interval", "write_mmlu_task", "extract_answer", "write_generation_task", "TaskResult",
-           "evaluate"]
+           "wilson_interval", "write_mmlu_task", "extract_answer", "write_generation_task", "task_prompts",
+           "TaskResult", "evaluate"]

@@ -178,12 +178,25 @@ def test_evaluate_bad_input(tmp_path, tiny):
 
 
 # ----------------------------------------------------------------------------------- the harness
+def _mmlu_prompt(row):
+    """The zero-shot MMLU prompt, written out by hand."""
+    return (f"The following are multiple choice questions (with answers) about {row['subject']}.\n\n"
+            f"{row['question'].strip()}\n" + "".join(f"{x}. {c}\n" for x, c in zip("ABCD", row["choices"])) + "Answer:")
+
+
+def test_task_prompts_are_what_we_wrote(tmp_path, mmlu):
+    rows = E.stratified_subset(mmlu, 2, seed=0, subjects=["anatomy"])
+    E.write_mmlu_task(tmp_path, rows, "mmlu_mini")
+    assert E.task_prompts(tmp_path, "mmlu_mini", n=5) == [_mmlu_prompt(r) for r in rows]
+    prompt = render_chat([{"role": "user", "content": "Calculate 5 - 9."}], add_generation_prompt=True)
+    E.write_generation_task(tmp_path, "arith", [{"prompt": prompt, "answer": "The answer is -4."}], r"is (-?\d+)")
+    assert E.task_prompts(tmp_path, "arith") == [prompt]          # as given: not stripped, not templated
+
+
 @torch.no_grad()
 def _letter_loglikelihoods(model, tok, row):
-    """log p(" X" | prompt) for X in A..D, computed directly: the prompt written out by hand."""
-    prompt = (f"The following are multiple choice questions (with answers) about {row['subject']}.\n\n"
-              f"{row['question'].strip()}\n"
-              + "".join(f"{x}. {c}\n" for x, c in zip("ABCD", row["choices"])) + "Answer:")
+    """log p(" X" | prompt) for X in A..D, computed directly."""
+    prompt = _mmlu_prompt(row)
     ctx = tok(prompt)["input_ids"]
     out = []
     for x in "ABCD":
