@@ -92,3 +92,14 @@ def test_generation_quick_run_cache_and_recompute_decode_the_same_tokens(capsys)
     assert len(rows) == 1 and rows[0]["same_ids"] is True
     assert rows[0]["cache_tok_s"] > 0 and rows[0]["no_cache_tok_s"] > 0
     assert "ratio" in capsys.readouterr().out
+
+
+def test_generation_static_table_decodes_the_dynamic_caches_tokens(capsys):
+    gen = _load("generation")
+    rows = gen.main(["--table", "static", "--quick", "--batches", "1,3"])
+    assert [r["batch"] for r in rows] == [1, 3] and all(r["same_ids"] is True for r in rows)
+    assert all(r["dynamic_tok_s"] > 0 and r["static_tok_s"] > 0 and r["compiled_tok_s"] is None for r in rows)
+    assert rows[0]["static_vs_dynamic"] == pytest.approx(rows[0]["static_tok_s"] / rows[0]["dynamic_tok_s"])
+    assert "static tok/s" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--batches"):
+        gen.main(["--table", "static", "--quick", "--batches", "0"])

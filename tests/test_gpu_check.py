@@ -42,19 +42,31 @@ def test_plays_split_like_the_course(gc):
 
 def test_tiny_run_writes_every_figure_and_what_was_not_run(gc, tmp_path, capsys):
     rep = gc.main(["--device", "cpu", "--tiny", "--out", str(tmp_path)])
-    assert rep["not_run"].keys() == {"post_training_gpu_items"}, rep["not_run"]    # all three steps ran
+    # every step ran; on a CPU the compiled leg of the step-time comparison is skipped, and said so
+    assert rep["not_run"].keys() == {"post_training_gpu_items", "compiled_step.compiled"}, rep["not_run"]
+    assert "CPU" in rep["not_run"]["compiled_step.compiled"]
     c = rep["results"]["char_gpt"]
     assert c["steps_run"] == gc.TINY_TRAIN["max_steps"] and c["stopped_by_budget_at"] is None
     assert [e["step"] for e in c["evals"]] == [0, 10, 20]                            # step 0 and each eval
     assert c["evals"][-1]["val_loss"] < c["evals"][0]["val_loss"]                    # it did train
     assert c["goal_met"] in (True, False) and c["final_val_loss"] == c["evals"][-1]["val_loss"]
+    # keep_best: the kept step is the evaluation with the lowest validation loss
+    best = min(c["evals"], key=lambda e: e["val_loss"])
+    assert c["kept_step"] == best["step"] and round(c["kept_val_loss"], 4) == best["val_loss"]
+    assert f"step {best['step']}'s weights" in c["kept"]
     assert rep["results"]["kv_cache"]["rows"][0]["same_ids"] is True
+    cs = rep["results"]["compiled_step"]
+    assert set(cs["legs"]) == {"never"} and cs["legs"]["never"]["step_ms"] > 0 and "compile_s" not in cs
+    sd = rep["results"]["static_decode"]
+    assert [r["batch"] for r in sd["rows"]] == [1, 2] and all(r["same_ids"] for r in sd["rows"])
+    assert all(r["static_tok_s"] > 0 and r["compiled_tok_s"] is None for r in sd["rows"])
     t = rep["results"]["throughput"]
     assert t["runs"][0]["tokens_per_s"] and min(t["peak_gflops"].values()) > 0
     saved = json.loads(Path(rep["files"][0]).read_text())
     assert saved["gpu"].startswith("no GPU") and saved["date"] == rep["date"] and saved["versions"]["torch"]
     page = Path(rep["files"][1]).read_text()
-    for needle in ("# GPU check", "Char GPT", "KV cache", "Training throughput", "## Not run", "post_training"):
+    for needle in ("# GPU check", "Char GPT", "KV cache", "Training throughput", "## Not run", "post_training",
+                   "Compiled training steps", "static KV cache", "compiled_step.compiled"):
         assert needle in page
 
 
@@ -63,9 +75,26 @@ def test_budget_stops_training_and_one_failure_does_not_stop_the_rest(gc, tmp_pa
     c = rep["results"]["char_gpt"]
     assert c["stopped_by_budget_at"] == 1 and c["steps_run"] == 1
     assert [e["step"] for e in c["evals"]] == [0, 1]    # the start, and the loss where the budget stopped it
-    assert set(rep["not_run"]) == {"kv_cache", "throughput", "post_training_gpu_items"}
+    assert set(rep["not_run"]) == {"kv_cache", "throughput", "compiled_step", "static_decode", "post_training_gpu_items"}
     rep = gc.main(["--device", "cpu", "--tiny", "--only", "char_gpt", "--plays", str(tmp_path / "none"),
                    "--out", str(tmp_path)])
     assert "char_gpt" in rep["not_run"] and "FileNotFoundError" in rep["not_run"]["char_gpt"]
     with pytest.raises(ValueError, match="--only"):
         gc.main(["--only", "everything"])
+
+
+def test_markdown_of_the_gpu_only_figures(gc):
+    """The compiled legs only run on a GPU: their table is checked here on a report of that shape
+    (the figures are placeholders for the layout, not results)."""
+    report = {"date": "d", "device": "cuda", "gpu": "G", "versions": {"torch": "t"}, "tiny": False,
+              "not_run": {}, "seconds": {}, "results": {
+                  "compiled_step": {"warm_steps": 30, "timed_steps": 100, "goal": "g", "goal_met": False,
+                                    "compile_s": 31.5, "speedup": 1.5,
+                                    "legs": {"never": {"first_steps_s": 3.0, "step_ms": 20.0, "precision": "bf16"},
+                                             "always": {"first_steps_s": 34.5, "step_ms": 13.3, "precision": "bf16"}}},
+                  "static_decode": {"goal": "g2", "goal_met": True, "rows": [
+                      {"n_layer": 6, "n_embd": 256, "batch": 1, "dynamic_tok_s": 700.0, "static_tok_s": 650.0,
+                       "compiled_tok_s": 2500.0, "compiled_vs_dynamic": 2500 / 700, "compile_s": 20.0}]}}}
+    page = gc.markdown(report)
+    assert "| always | 34.5 | 13.3 | bf16 |" in page and "compile time about 31.5 s" in page
+    assert "| 6x256 | 1 | 700 | 650 | 2,500 | 3.57x | 20.0 |" in page and "**met**" in page

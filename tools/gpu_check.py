@@ -15,9 +15,19 @@ that one failure does not stop the rest:
    (Macbeth, Twelfth Night) and the wall time at every evaluation. Goal (issue 27): validation
    <= 1.47 in under 2 minutes on an H100-class GPU (nanoGPT: 1.4697 in about 3 minutes on an
    A100, on its own validation split). Stops at ``--budget-s`` seconds of training at the latest.
+   It keeps the best (``keep_best``, issue 32): the step and loss of the lowest validation loss
+   are printed and recorded, and the trainer compiles as ``compile="auto"`` decides (CUDA: yes).
 2. the **KV-cache** benchmark (``benchmarks/generation.py``) on the device;
 3. the **training-throughput** benchmark (``benchmarks/train_throughput.py --device cuda``):
-   matmul peak, course GPT against ``GPT2LMHeadModel`` in fp32 and bf16, % of peak.
+   matmul peak, course GPT against ``GPT2LMHeadModel`` in fp32 and bf16, % of peak;
+4. **compiled steps** (issue 32): the same char GPT config trained eager and compiled
+   (``TrainConfig.compile``), the steady step time of each (goal <= 12.5 ms on an H100/H200)
+   and the compile time apart (the first steps' extra seconds). On a CPU only the eager leg
+   runs (inductor takes ~20-60 s there), and the report says so;
+5. **static-cache decoding** (issue 32): greedy tokens/s of the 6x256 GPT with the dynamic
+   cache, the static cache, and the static cache's step compiled with
+   ``mode="reduce-overhead"`` (a CUDA graph), at batch 1, 8 and 32, 256 new tokens (goal:
+   compiled >= 3x the dynamic cache at batch 1).
 
 It writes ``gpu-check-<UTC date>.json`` and ``.md`` (date, GPU, versions, every figure, and
 what it could not run and why) into ``--out`` (default ``data/gpu-check/``). The figures go
@@ -50,6 +60,8 @@ NANOGPT_TRAIN = dict(max_steps=5000, lr=1e-3, warmup_steps=100, min_lr=1e-4, bat
                      eval_iters=50, weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0)
 TINY_MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, dropout=0.0)
 TINY_TRAIN = dict(max_steps=20, lr=3e-3, warmup_steps=2, batch_size=4, eval_interval=10, eval_iters=2)
+GOAL_STEP_MS, GOAL_DECODE_RATIO = 12.5, 3.0
+STEPS = ("char_gpt", "kv_cache", "throughput", "compiled_step", "static_decode")
 
 
 def default_plays_dir() -> Path:
@@ -108,7 +120,7 @@ def char_gpt(device: str, tiny: bool, plays: Path, budget_s: float) -> dict[str,
             stop["at"] = ev.step
             raise Budget
 
-    cfg = TrainConfig(**train_kw, mixed_precision="auto", progress=False, device=device, log=log)
+    cfg = TrainConfig(**train_kw, mixed_precision="auto", progress=False, device=device, log=log, keep_best=True)
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, **model_kw))
     T = model_kw["block_size"]
@@ -122,6 +134,7 @@ def char_gpt(device: str, tiny: bool, plays: Path, budget_s: float) -> dict[str,
         trainer.fit()
     wall = time.perf_counter() - start
     h = trainer.history
+    print(f"  kept: {h.get('kept')}", flush=True)
     evals = [{"step": st, "val_loss": round(v, 4), "train_loss": round(t, 4), "seconds": seconds.get(st)}
              for st, v, t in zip(h["eval_step"], h["val_loss"], h["train_loss"])]
     if stop["at"] is not None:  # stopped by the budget: one last evaluation of where it got to
@@ -133,6 +146,8 @@ def char_gpt(device: str, tiny: bool, plays: Path, budget_s: float) -> dict[str,
     return {"config": {**model_kw, **{k: v for k, v in train_kw.items()}}, "mixed_precision": precision,
             "params": model.num_params(), "evals": evals, "final_val_loss": evals[-1]["val_loss"] if evals else None,
             "best_val_loss": min(e["val_loss"] for e in evals) if evals else None,
+            "kept_step": h.get("best_step"), "kept_val_loss": h.get("best_val_loss"), "kept": h.get("kept"),
+            "compiled": trainer.compiled,
             "steps_run": trainer.step, "stopped_by_budget_at": stop["at"], "train_seconds": round(wall, 1),
             "goal": f"val <= {GOAL_VAL} within {GOAL_SECONDS:.0f} s",
             "goal_reached_at": first_goal,
@@ -159,6 +174,82 @@ def throughput(device: str, tiny: bool) -> dict[str, Any]:
         args += ["--widths", "128,256,384"]
     res = _load_benchmark("train_throughput").main(args)
     return {k: res[k] for k in ("device", "precisions", "peak_gflops", "runs")}
+
+
+def _char_data(tiny: bool, plays: Path) -> tuple[int, torch.Tensor, torch.Tensor]:
+    from course_utils.tokenization import CharTokenizer
+
+    train_text, val_text = read_plays(plays)
+    tok = CharTokenizer.from_text(train_text)
+    if tiny:
+        train_text, val_text = train_text[:100_000], val_text[:20_000]
+    return (tok.vocab_size, torch.tensor(tok.encode(train_text), dtype=torch.long),
+            torch.tensor(tok.encode(val_text), dtype=torch.long))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def compiled_step(device: str, tiny: bool, plays: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Steady step time of the char GPT's training step, eager and compiled (``TrainConfig.compile``).
+
+    Each leg: ``warm`` steps first (they include compiling, and the step-0 evaluation), then
+    ``n`` timed steps; the GPU is synchronised only around the timed block (the trainer itself
+    reads nothing per step). Compile time = the compiled leg's first steps minus the eager one's."""
+    from course_utils.models.gpt import GPT, GPTConfig
+    from course_utils.train import TrainConfig, Trainer, make_accelerator
+    from course_utils.train_data import RandomBlockSampler
+
+    vocab, train_ids, val_ids = _char_data(tiny, plays)
+    model_kw, train_kw = (TINY_MODEL, TINY_TRAIN) if tiny else (NANOGPT_CHAR, NANOGPT_TRAIN)
+    warm, n = (3, 5) if tiny else (30, 100)
+    modes = ["never", "always"] if device.startswith("cuda") else ["never"]
+    if "always" not in modes:
+        report["not_run"]["compiled_step.compiled"] = ("compiled leg skipped on a CPU (inductor compiles for "
+                                                        "~20-60 s there; tests/test_train.py has the slow CPU check)")
+    legs: dict[str, dict[str, float]] = {}
+    for mode in modes:
+        kw = {**train_kw, "max_steps": warm + n + 1, "eval_interval": warm + n + 1, "eval_iters": 1}
+        cfg = TrainConfig(**kw, mixed_precision="auto", progress=False, device=device, compile=mode)
+        torch.manual_seed(cfg.seed)
+        model = GPT(GPTConfig(vocab_size=vocab, **model_kw))
+        T = model_kw["block_size"]
+        trainer = Trainer(model, cfg, RandomBlockSampler(train_ids, T, cfg.batch_size, seed=cfg.seed),
+                          RandomBlockSampler(val_ids, T, cfg.batch_size, seed=cfg.seed + 1))
+        t0 = time.perf_counter()
+        trainer.fit(stop_after=warm)
+        _sync(device)
+        t1 = time.perf_counter()
+        trainer.fit(stop_after=warm + n)
+        _sync(device)
+        t2 = time.perf_counter()
+        legs[mode] = {"first_steps_s": round(t1 - t0, 2), "step_ms": round(1000 * (t2 - t1) / n, 2),
+                      "loss_at_end": round(trainer.history["loss"][-1], 4), "compiled": trainer.compiled,
+                      "precision": trainer.accelerator.mixed_precision}
+        print(f"  {mode:>6}: first {warm} steps {t1 - t0:6.1f} s, then {legs[mode]['step_ms']:.2f} ms/step "
+              f"over {n} steps (loss {legs[mode]['loss_at_end']:.4f})", flush=True)
+    make_accelerator("no", device="cpu")
+    out: dict[str, Any] = {"warm_steps": warm, "timed_steps": n, "legs": legs,
+                           "goal": f"compiled steady step <= {GOAL_STEP_MS} ms (H100/H200, gpu config)"}
+    if "always" in legs:
+        out["compile_s"] = round(legs["always"]["first_steps_s"] - legs["never"]["first_steps_s"], 1)
+        out["speedup"] = round(legs["never"]["step_ms"] / legs["always"]["step_ms"], 2)
+        out["goal_met"] = legs["always"]["step_ms"] <= GOAL_STEP_MS
+        print(f"  compiled {out['speedup']}x eager per step; compiling took about {out['compile_s']} s", flush=True)
+    return out
+
+
+def static_decode(device: str, tiny: bool) -> dict[str, Any]:
+    """benchmarks/generation.py --table static: dynamic vs static cache vs the compiled static step."""
+    args = ["--table", "static", "--device", device] + (["--quick", "--batches", "1,2"] if tiny else ["--batches", "1,8,32"])
+    rows = _load_benchmark("generation").main(args + (["--compile"] if device.startswith("cuda") else []))
+    out: dict[str, Any] = {"rows": rows, "goal": f"compiled static >= {GOAL_DECODE_RATIO}x dynamic at batch 1"}
+    first = next((r for r in rows if r["batch"] == 1), None)
+    if first is not None and first.get("compiled_vs_dynamic") is not None:
+        out["goal_met"] = first["compiled_vs_dynamic"] >= GOAL_DECODE_RATIO
+    return out
 
 
 def _run(name: str, fn: Callable[[], dict[str, Any]], report: dict[str, Any]) -> None:
@@ -227,6 +318,28 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {row.get('n_layer')}x{row.get('n_embd')} | {nc:,.0f} | {wc:,.0f} | "
                          f"{(wc / nc if nc else float('nan')):.1f}x |")
         lines.append("")
+    if "compiled_step" in r:
+        cs = r["compiled_step"]
+        lines += ["## Compiled training steps (char GPT, TrainConfig.compile)", "",
+                  f"{cs['warm_steps']} warm-up steps, then {cs['timed_steps']} timed; goal {cs['goal']}"
+                  + (f": **{'met' if cs.get('goal_met') else 'not met'}**" if "goal_met" in cs else ""), "",
+                  "| compile | first steps s | steady ms/step | precision |", "|---|---|---|---|"]
+        lines += [f"| {m} | {leg['first_steps_s']} | {leg['step_ms']} | {leg['precision']} |" for m, leg in cs["legs"].items()]
+        if "compile_s" in cs:
+            lines += ["", f"compiled/eager speed-up {cs['speedup']}x; compile time about {cs['compile_s']} s"]
+        lines.append("")
+    if "static_decode" in r:
+        sd = r["static_decode"]
+        lines += ["## Decoding: dynamic vs static KV cache (benchmarks/generation.py --table static)", "",
+                  "| model | batch | dynamic tok/s | static tok/s | compiled static tok/s | compiled/dynamic | compile s |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in sd["rows"]:
+            comp, ratio, cs_ = row.get("compiled_tok_s"), row.get("compiled_vs_dynamic"), row.get("compile_s")
+            lines.append(f"| {row['n_layer']}x{row['n_embd']} | {row['batch']} | {row['dynamic_tok_s']:,.0f} | "
+                         f"{row['static_tok_s']:,.0f} | {'-' if comp is None else f'{comp:,.0f}'} | "
+                         f"{'-' if ratio is None else f'{ratio:.2f}x'} | {'-' if cs_ is None else cs_} |")
+        lines += ["", f"goal: {sd['goal']}" + (f": **{'met' if sd.get('goal_met') else 'not met'}**"
+                                                  if "goal_met" in sd else ""), ""]
     if "throughput" in r:
         t = r["throughput"]
         lines += ["## Training throughput (benchmarks/train_throughput.py)", "",
@@ -250,12 +363,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke run of every step (CPU tests)")
     ap.add_argument("--plays", type=Path, default=None, help="folder of the Shakespeare Markdown plays")
     ap.add_argument("--budget-s", type=float, default=240.0, help="the char GPT stops after this many seconds")
-    ap.add_argument("--only", default="char_gpt,kv_cache,throughput", help="comma-separated steps to run")
+    ap.add_argument("--only", default=",".join(STEPS), help="comma-separated steps to run")
     ap.add_argument("--out", type=Path, default=None, help="folder for the results (default data/gpu-check)")
     args = ap.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     steps = [s.strip() for s in args.only.split(",") if s.strip()]
-    known = ("char_gpt", "kv_cache", "throughput")
+    known = STEPS
     if not steps or any(s not in known for s in steps):
         raise ValueError(f"--only must name some of {', '.join(known)}, got {args.only!r}")
     if args.budget_s <= 0:
@@ -269,7 +382,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plays = args.plays or default_plays_dir()
     runners = {"char_gpt": lambda: char_gpt(device, args.tiny, plays, args.budget_s),
                "kv_cache": lambda: kv_cache(device, args.tiny),
-               "throughput": lambda: throughput(device, args.tiny)}
+               "throughput": lambda: throughput(device, args.tiny),
+               "compiled_step": lambda: compiled_step(device, args.tiny, plays, report),
+               "static_decode": lambda: static_decode(device, args.tiny)}
     for name in steps:
         _run(name, runners[name], report)
     for name in known:
