@@ -12,6 +12,7 @@ its name, its data file and, for generation, its stop strings and regex:
 * :func:`write_mmlu_task` -- multiple choice by log-likelihood, the usual zero-shot MMLU prompt
   (subject line, question, ``A. .. D.``, ``Answer:``): the model "answers" the choice among
   `` A`` .. `` D`` to which it gives the highest log-probability after the prompt (metric ``acc``);
+  or, ``style="cloze"``, each answer's own text is scored after the question (``acc_norm``);
 * :func:`write_generation_task` -- the model generates greedily until a stop string; a regex
   filter extracts the answer (``The answer is -4.`` -> ``-4``) and ``exact_match`` compares it
   with the reference. A reply the regex does not match counts as wrong and as a format failure.
@@ -36,7 +37,7 @@ import math
 import random
 import re
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -48,7 +49,8 @@ MMLU_FIELDS = ("question", "answer_a", "answer_b", "answer_c", "answer_d", "corr
 LETTERS = ("A", "B", "C", "D")
 MMLU_CHANCE = 1 / len(LETTERS)
 TEMPLATES = Path(__file__).resolve().parent / "eval_tasks"   # the task definitions, in lm-eval's YAML
-MMLU_TEMPLATE, GENERATION_TEMPLATE = "_mmlu_template_yaml", "_generation_template_yaml"
+MMLU_TEMPLATES = {"letters": "_mmlu_letters_template_yaml", "cloze": "_mmlu_cloze_template_yaml"}
+GENERATION_TEMPLATE = "_generation_template_yaml"
 FALLBACK = "[invalid]"     # what lm-eval's regex filter returns for a reply it cannot parse
 TASK_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
@@ -182,11 +184,13 @@ def _write_task(folder: str | Path, name: str, docs: list[dict[str, Any]], templ
     return name
 
 
-def write_mmlu_task(folder: str | Path, rows: Sequence[Mapping[str, Any]], name: str = "mmlu_course") -> str:
+def write_mmlu_task(folder: str | Path, rows: Sequence[Mapping[str, Any]], name: str = "mmlu_course",
+                    style: str = "letters") -> str:
     """Write MMLU ``rows`` (from :func:`mmlu_questions` / :func:`stratified_subset`) as an lm-eval
-    multiple-choice task in ``folder``; returns the task's name.
+    multiple-choice task in ``folder``; returns the task's name. Zero-shot, in one of two styles:
 
-    Prompt (zero-shot, as lm-eval's own ``mmlu`` task)::
+    ``"letters"`` -- the usual MMLU prompt (lm-eval's ``mmlu``); the four continuations
+    `` A`` .. `` D`` are scored by log-likelihood and the best one is the model's answer (``acc``)::
 
         The following are multiple choice questions (with answers) about <subject>.
 
@@ -195,12 +199,16 @@ def write_mmlu_task(folder: str | Path, rows: Sequence[Mapping[str, Any]], name:
         B. ...
         Answer:
 
-    and the four continuations `` A`` .. `` D`` are scored by log-likelihood; ``acc`` is the share
-    of questions where the right letter scores highest. (``acc_norm``, which divides by the
-    continuation's length, is left out: the four letters have the same length, so it equals ``acc``.)
+    ``"cloze"`` -- no letters (lm-eval's ``mmlu_continuation``, the "MMLU (cloze)" of SmolLM2's
+    model card): the prompt ends ``Question: <question>\nAnswer:`` and each choice's own text is
+    scored; the answer is the best log-likelihood per character (``acc_norm``). Four times the
+    compute, but it measures knowledge in models too small to use the letter format: a model
+    that prefers one letter whatever the question scores the share of that letter in ``"letters"``.
 
     Defined in chapter 12, Post-training.
     """
+    if style not in MMLU_TEMPLATES:
+        raise ValueError(f"style must be one of {sorted(MMLU_TEMPLATES)}, got {style!r}")
     _check_name(name)
     if isinstance(rows, (str, bytes)) or len(rows) == 0:
         raise ValueError("rows must be a non-empty list of MMLU questions (see mmlu_questions())")
@@ -213,7 +221,7 @@ def write_mmlu_task(folder: str | Path, rows: Sequence[Mapping[str, Any]], name:
                              f"{len(r['choices'])} choices and answer {r['answer']!r}")
         docs.append({"subject": r["subject"], "question": r["question"], "choices": list(r["choices"]),
                      "answer": int(r["answer"])})
-    return _write_task(folder, name, docs, MMLU_TEMPLATE)
+    return _write_task(folder, name, docs, MMLU_TEMPLATES[style])
 
 
 def extract_answer(text: str, regex: str) -> str | None:
@@ -278,6 +286,7 @@ class TaskResult:
 
     task: str
     kind: str                     # "multiple_choice" or "generate_until"
+    metric: str                   # what accuracy is: acc, acc_norm (cloze) or exact_match
     accuracy: float
     k: int
     n: int
@@ -293,7 +302,7 @@ class TaskResult:
 
     def row(self) -> dict[str, Any]:
         """The summary as a flat dict (a table row)."""
-        return {"task": self.task, "n": self.n, "accuracy": self.accuracy, "low": self.interval[0],
+        return {"task": self.task, "metric": self.metric, "n": self.n, "accuracy": self.accuracy, "low": self.interval[0],
                 "high": self.interval[1], "chance": self.chance, "format_rate": self.format_rate,
                 "truncated": self.truncated, "seconds": self.seconds}
 
@@ -374,7 +383,9 @@ def evaluate(model: Any, tokenizer: Any, tasks: str | Sequence[str], folder: str
     nothing is loaded from the Hub. ``device`` moves the model there first (None: where it is).
     ``limit`` scores only the first ``limit`` questions of each task. ``max_length`` is the
     context lm-eval allows (default: the model's ``max_position_embeddings``); longer prompts are
-    cut from the left, as lm-eval does. Each task runs on its own, so ``seconds`` is its wall time.
+    cut from the left, as lm-eval does (counted in ``truncated``). Each task runs on its own, so
+    ``seconds`` is its wall time. lm-eval gives a tokenizer without a padding token its end-of-text
+    token as one (it pads batches).
 
     Defined in chapter 12, Post-training.
     """
@@ -382,11 +393,16 @@ def evaluate(model: Any, tokenizer: Any, tasks: str | Sequence[str], folder: str
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"model must be a transformers model, got {type(model).__name__}; convert the course's "
+                        "Llama with course_utils.models.llama.to_hf(model)")
     folder = Path(folder).resolve()
     names = [tasks] if isinstance(tasks, str) else list(tasks)
     if not names:
         raise ValueError("tasks is empty: name at least one task written into the folder")
-    kinds = {n: _task_config(folder, _check_name(n))["output_type"] for n in names}
+    configs = {n: _task_config(folder, _check_name(n)) for n in names}
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -406,7 +422,7 @@ def evaluate(model: Any, tokenizer: Any, tasks: str | Sequence[str], folder: str
                 # report of the environment that runs `pip list` (2 s a call); its core is this call
                 res = lm_eval_evaluate(lm=lm, task_dict=manager.load([name]), limit=limit, bootstrap_iters=0,
                                        log_samples=True)
-                out[name] = _result(name, kinds[name], res, time.perf_counter() - start, lm)
+                out[name] = _result(name, configs[name], res, time.perf_counter() - start, lm)
                 if out[name].truncated:
                     print(f"[evaluation] {name}: {out[name].truncated} of {out[name].n} prompts did not fit the "
                           f"{lm.max_length}-token context (max_length) and lost their beginning")
@@ -415,18 +431,32 @@ def evaluate(model: Any, tokenizer: Any, tasks: str | Sequence[str], folder: str
     return out
 
 
-def _result(name: str, kind: str, res: dict[str, Any], seconds: float, lm: Any) -> TaskResult:
+def _main_metric(cfg: Mapping[str, Any]) -> str:
+    """The figure a task reports: exact_match (generation), acc_norm where listed (cloze), else acc."""
+    if cfg["output_type"] == "generate_until":
+        return "exact_match"
+    return "acc_norm" if any(m["metric"] == "acc_norm" for m in cfg.get("metric_list", [])) else "acc"
+
+
+def _result(name: str, cfg: Mapping[str, Any], res: dict[str, Any], seconds: float, lm: Any) -> TaskResult:
     samples = sorted(res["samples"][name], key=lambda s: s["doc_id"])
-    metric = "acc" if kind == "multiple_choice" else "exact_match"
+    kind, metric = cfg["output_type"], _main_metric(cfg)
     correct = [bool(s[metric]) for s in samples]
     k, n = sum(correct), len(correct)
-    reported = res["results"][name][f"{metric},{'none' if kind == 'multiple_choice' else 'extract'}"]
+    reported = res["results"][name][f"{metric},{'extract' if kind == 'generate_until' else 'none'}"]
     if abs(reported - k / n) > 1e-9:   # the per-question record and lm-eval's aggregate must agree
         raise RuntimeError(f"lm-eval reports {metric}={reported} for {name} but its samples give {k}/{n}")
     per_subject: dict[str, tuple[int, int]] = {}
     if kind == "multiple_choice":
         lls = [[float(r[0][0]) for r in s["resps"]] for s in samples]
-        replies = [LETTERS[max(range(len(ll)), key=ll.__getitem__)] for ll in lls]
+        replies = []
+        for s, ll, c in zip(samples, lls, correct):
+            # acc_norm: log-likelihood per character of the answer's text, as lm-eval divides it
+            size = [len(x) for x in s["doc"]["choices"]] if metric == "acc_norm" else [1] * len(ll)
+            best = max(range(len(ll)), key=lambda j: ll[j] / size[j])
+            if (best == s["doc"]["answer"]) != c:
+                raise RuntimeError(f"{name}: question {s['doc_id']} scored {c} by lm-eval, but its best choice is {best}")
+            replies.append(LETTERS[best])
         tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for s, c in zip(samples, correct):
             tally[s["doc"]["subject"]][0] += c
@@ -443,8 +473,8 @@ def _result(name: str, kind: str, res: dict[str, Any], seconds: float, lm: Any) 
         # the prompt must leave room for max_gen_toks new tokens
         truncated = sum(len(lm.tok_encode(s["arguments"][0][0])) > lm.max_length - s["arguments"][0][1]["max_gen_toks"]
                         for s in samples)
-    return TaskResult(name, kind, k / n, k, n, wilson_interval(k, n), seconds, chance, format_rate, truncated,
-                      correct, replies, lls, per_subject)
+    return TaskResult(name, kind, metric, k / n, k, n, wilson_interval(k, n), seconds, chance, format_rate,
+                      truncated, correct, replies, lls, per_subject)
 
 
 __all__ = ["MMLU_ROWS", "MMLU_SUBJECTS", "MMLU_CHANCE", "read_mmlu", "mmlu_questions", "stratified_subset",

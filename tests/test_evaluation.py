@@ -175,6 +175,8 @@ def test_evaluate_bad_input(tmp_path, tiny):
     E.write_generation_task(tmp_path, "t", [{"prompt": "p", "answer": "1"}], r"(\d+)")
     with pytest.raises(ValueError, match="batch_size"):
         E.evaluate(model, tok, "t", tmp_path, batch_size=0)
+    with pytest.raises(TypeError, match="to_hf"):
+        E.evaluate(torch.nn.Linear(2, 2), tok, "t", tmp_path)
 
 
 # ----------------------------------------------------------------------------------- the harness
@@ -194,28 +196,31 @@ def test_task_prompts_are_what_we_wrote(tmp_path, mmlu):
 
 
 @torch.no_grad()
-def _letter_loglikelihoods(model, tok, row):
-    """log p(" X" | prompt) for X in A..D, computed directly."""
-    prompt = _mmlu_prompt(row)
+def _continuation_loglikelihoods(model, tok, prompt, continuations):
+    """log p(continuation | prompt) for each continuation, computed directly with the model."""
     ctx = tok(prompt)["input_ids"]
     out = []
-    for x in "ABCD":
-        ids = tok(prompt + " " + x)["input_ids"]
+    for cont in continuations:
+        ids = tok(prompt + cont)["input_ids"]
         assert ids[:len(ctx)] == ctx
         logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
         out.append(sum(logp[i - 1, ids[i]].item() for i in range(len(ctx), len(ids))))
     return out
 
 
-def test_multiple_choice_matches_direct_loglikelihood(tmp_path, tiny, mmlu):
-    model, tok = tiny
+def _short_rows(mmlu, tok):
     rows = E.stratified_subset(mmlu, 1, seed=0, subjects=["anatomy", "astronomy", "marketing", "virology",
                                                            "high school physics", "sociology"])
-    rows = [r for r in rows if len(tok(r["question"])["input_ids"]) < 300]
+    return [r for r in rows if len(tok(r["question"])["input_ids"]) < 300]
+
+
+def test_multiple_choice_matches_direct_loglikelihood(tmp_path, tiny, mmlu):
+    model, tok = tiny
+    rows = _short_rows(mmlu, tok)
     name = E.write_mmlu_task(tmp_path, rows, "mmlu_mini")
     res = E.evaluate(model, tok, name, tmp_path, batch_size=3)[name]
-    direct = [_letter_loglikelihoods(model, tok, r) for r in rows]
-    assert res.n == len(rows) and res.truncated == 0 and res.chance == 0.25
+    direct = [_continuation_loglikelihoods(model, tok, _mmlu_prompt(r), [" A", " B", " C", " D"]) for r in rows]
+    assert res.n == len(rows) and res.truncated == 0 and res.chance == 0.25 and res.metric == "acc"
     for ours, theirs in zip(direct, res.loglikelihoods):
         assert theirs == pytest.approx(ours, abs=1e-3)
     expected = [max(range(4), key=ll.__getitem__) == r["answer"] for ll, r in zip(direct, rows)]
@@ -224,6 +229,24 @@ def test_multiple_choice_matches_direct_loglikelihood(tmp_path, tiny, mmlu):
     assert res.replies == ["ABCD"[max(range(4), key=ll.__getitem__)] for ll in direct]
     assert res.interval == E.wilson_interval(res.k, res.n)
     assert sum(n for _, n in res.per_subject.values()) == len(rows)
+
+
+def test_cloze_matches_direct_loglikelihood_per_character(tmp_path, tiny, mmlu):
+    model, tok = tiny
+    rows = _short_rows(mmlu, tok)
+    name = E.write_mmlu_task(tmp_path, rows, "mmlu_cloze", style="cloze")
+    res = E.evaluate(model, tok, name, tmp_path, batch_size=4)[name]
+    assert res.metric == "acc_norm" and res.n == len(rows)
+    expected = []
+    for r, theirs in zip(rows, res.loglikelihoods):
+        prompt = (f"The following are questions (with answers) about {r['subject']}.\n\n"
+                  f"Question: {r['question'].strip()}\nAnswer:")
+        ours = _continuation_loglikelihoods(model, tok, prompt, [" " + c for c in r["choices"]])
+        assert theirs == pytest.approx(ours, abs=1e-3)
+        expected.append(max(range(4), key=lambda j: ours[j] / len(r["choices"][j])) == r["answer"])
+    assert res.correct == expected
+    with pytest.raises(ValueError, match="style"):
+        E.write_mmlu_task(tmp_path, rows, "x", style="letter")
 
 
 @torch.no_grad()
