@@ -121,6 +121,8 @@ def stratified_subset(rows: Sequence[Mapping[str, Any]], per_subject: int, seed:
         raise ValueError(f"per_subject must be a positive int, got {per_subject!r}")
     by_subject: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
+        if not isinstance(r, Mapping) or "subject" not in r:
+            raise ValueError(f"rows[{i}] has no 'subject'; pass mmlu_questions()'s rows")
         by_subject[r["subject"]].append(i)
     wanted = sorted(by_subject) if subjects is None else list(dict.fromkeys(subjects))
     unknown = [s for s in wanted if s not in by_subject]

@@ -123,6 +123,8 @@ def test_stratified_subset_bad_input(mmlu):
         E.stratified_subset(mmlu, 101)
     with pytest.raises(ValueError, match="not in rows"):
         E.stratified_subset(mmlu, 1, subjects=["astrology"])
+    with pytest.raises(ValueError, match="rows\\[1\\] has no 'subject'"):
+        E.stratified_subset([mmlu[0], {"topic": "x"}], 1)
 
 
 # ----------------------------------------------------------------------------------- statistics
