@@ -38,6 +38,11 @@ from .train_data import to_device
 
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
 COMPILE = ("auto", "always", "never")
+# compile="auto" compiles a CUDA run of at least this many steps. From issue 32's H200 figures for
+# the gpu char GPT: ~30 s of compiling against ~8 ms saved per step (nanoGPT 12.3 ms compiled,
+# the course 18-25 ms eager) breaks even near 3,750 steps. tools/gpu_check.py measures both
+# for the course's own step and prints the break-even, so this number can follow the evidence.
+COMPILE_MIN_STEPS = 4000
 _HISTORY_KEYS = ("step", "loss", "lr", "grad_norm", "eval_step", "train_loss", "val_loss")
 # settings that must not change between a run and its resumption (checked on resume)
 _RESUME_KEYS = ("max_steps", "lr", "warmup_steps", "min_lr", "batch_size", "grad_accum_steps", "seed")
@@ -101,8 +106,9 @@ class TrainConfig:
     ``["best_val_loss"]``, ``["kept"]`` say which and why). ``patience=n``: stop after ``n``
     evaluations in a row without a new lowest validation loss (``history["stopped_early"]``).
     Both need validation data. ``compile``: ``"auto"`` compiles the model with
-    ``torch.compile`` on CUDA only (on a CPU the compile time, ~20 s for a tiny model, is not
-    paid back in a chapter's run), ``"always"`` / ``"never"`` force it. ``log_interval``: how
+    ``torch.compile`` on CUDA for runs of at least :data:`COMPILE_MIN_STEPS` steps, where the
+    faster steps pay back the compile time (on a CPU, ~20 s even for a tiny model, never),
+    ``"always"`` / ``"never"`` force it. ``log_interval``: how
     often the losses are read from the device (None: every step on a CPU, every 10 on a GPU).
     """
 
@@ -175,13 +181,15 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.compile must be one of {COMPILE}, got {self.compile!r}")
 
 
-def should_compile(setting: str, device: torch.device | str) -> bool:
-    """Whether :class:`Trainer` compiles the model: ``"auto"`` on CUDA only, ``"always"``,
-    ``"never"``. On a CPU compiling a small model took ~20 s here (cold cache), more than a
+def should_compile(setting: str, device: torch.device | str, max_steps: int | None = None) -> bool:
+    """Whether :class:`Trainer` compiles the model: ``"always"``, ``"never"``, or ``"auto"``: on
+    CUDA when the run has at least :data:`COMPILE_MIN_STEPS` steps (``max_steps=None``: any
+    length). On a CPU compiling a small model took ~20 s here (cold cache), more than a
     chapter's run could win back. Defined in chapter 5, Pretraining."""
     if setting not in COMPILE:
         raise ValueError(f"compile must be one of {COMPILE}, got {setting!r}")
-    return setting == "always" or (setting == "auto" and torch.device(device).type == "cuda")
+    long_enough = max_steps is None or max_steps >= COMPILE_MIN_STEPS
+    return setting == "always" or (setting == "auto" and torch.device(device).type == "cuda" and long_enough)
 
 
 def get_lr(step: int, *, max_lr: float, warmup_steps: int, max_steps: int, min_lr: float) -> float:
@@ -309,7 +317,7 @@ class Trainer:
         model = model.to(self.accelerator.device)
         optimizer = configure_optimizer(model, config.lr, config.weight_decay, config.betas)
         self._prepared, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.compiled = should_compile(config.compile, self.accelerator.device)
+        self.compiled = should_compile(config.compile, self.accelerator.device, config.max_steps)
         # compiled after prepare, as Accelerate's own dynamo option does; the parameters are shared
         self.model = torch.compile(self._prepared) if self.compiled else self._prepared
         dev_type = self.accelerator.device.type
@@ -597,4 +605,4 @@ class Trainer:
 
 
 __all__ = ["TrainConfig", "TrainEvent", "Trainer", "NonFiniteLossError", "BatchSource", "get_lr", "configure_optimizer",
-           "default_loss", "make_accelerator", "should_compile", "COMPILE"]
+           "default_loss", "make_accelerator", "should_compile", "COMPILE", "COMPILE_MIN_STEPS"]

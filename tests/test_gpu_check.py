@@ -89,7 +89,7 @@ def test_markdown_of_the_gpu_only_figures(gc):
     report = {"date": "d", "device": "cuda", "gpu": "G", "versions": {"torch": "t"}, "tiny": False,
               "not_run": {}, "seconds": {}, "results": {
                   "compiled_step": {"warm_steps": 30, "timed_steps": 100, "goal": "g", "goal_met": False,
-                                    "compile_s": 31.5, "speedup": 1.5,
+                                    "compile_s": 31.5, "speedup": 1.5, "break_even_steps": 4701,
                                     "legs": {"never": {"first_steps_s": 3.0, "step_ms": 20.0, "precision": "bf16"},
                                              "always": {"first_steps_s": 34.5, "step_ms": 13.3, "precision": "bf16"}}},
                   "static_decode": {"goal": "g2", "goal_met": True, "rows": [
@@ -97,4 +97,5 @@ def test_markdown_of_the_gpu_only_figures(gc):
                        "compiled_tok_s": 2500.0, "compiled_vs_dynamic": 2500 / 700, "compile_s": 20.0}]}}}
     page = gc.markdown(report)
     assert "| always | 34.5 | 13.3 | bf16 |" in page and "compile time about 31.5 s" in page
+    assert "pays after 4701 steps" in page
     assert "| 6x256 | 1 | 700 | 650 | 2,500 | 3.57x | 20.0 |" in page and "**met**" in page

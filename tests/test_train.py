@@ -577,6 +577,9 @@ def test_compile_auto_means_cuda_only() -> None:
     from course_utils.train import should_compile
 
     assert should_compile("auto", "cuda") and not should_compile("auto", "cpu")
+    # a short CUDA run stays eager: the compile time would not be paid back
+    assert should_compile("auto", "cuda", max_steps=5000) and not should_compile("auto", "cuda", max_steps=500)
+    assert should_compile("always", "cuda", max_steps=5)
     assert should_compile("always", "cpu") and not should_compile("never", "cuda")
     assert _trainer(None).compiled is False                       # auto on this CPU: eager, as before
     with pytest.raises(ValueError, match="compile"):

@@ -16,7 +16,8 @@ that one failure does not stop the rest:
    <= 1.47 in under 2 minutes on an H100-class GPU (nanoGPT: 1.4697 in about 3 minutes on an
    A100, on its own validation split). Stops at ``--budget-s`` seconds of training at the latest.
    It keeps the best (``keep_best``, issue 32): the step and loss of the lowest validation loss
-   are printed and recorded, and the trainer compiles as ``compile="auto"`` decides (CUDA: yes).
+   are printed and recorded, and the trainer compiles as ``compile="auto"`` decides (CUDA and
+   5000 steps: yes).
 2. the **KV-cache** benchmark (``benchmarks/generation.py``) on the device;
 3. the **training-throughput** benchmark (``benchmarks/train_throughput.py --device cuda``):
    matmul peak, course GPT against ``GPT2LMHeadModel`` in fp32 and bf16, % of peak;
@@ -237,7 +238,11 @@ def compiled_step(device: str, tiny: bool, plays: Path, report: dict[str, Any]) 
         out["compile_s"] = round(legs["always"]["first_steps_s"] - legs["never"]["first_steps_s"], 1)
         out["speedup"] = round(legs["never"]["step_ms"] / legs["always"]["step_ms"], 2)
         out["goal_met"] = legs["always"]["step_ms"] <= GOAL_STEP_MS
-        print(f"  compiled {out['speedup']}x eager per step; compiling took about {out['compile_s']} s", flush=True)
+        saved_ms = legs["never"]["step_ms"] - legs["always"]["step_ms"]
+        # how long a run must be for compiling to pay (train.COMPILE_MIN_STEPS follows this)
+        out["break_even_steps"] = round(1000 * out["compile_s"] / saved_ms) if saved_ms > 0 else None
+        print(f"  compiled {out['speedup']}x eager per step; compiling took about {out['compile_s']} s; "
+              f"it pays after {out['break_even_steps']} steps", flush=True)
     return out
 
 
@@ -326,7 +331,9 @@ def markdown(report: dict[str, Any]) -> str:
                   "| compile | first steps s | steady ms/step | precision |", "|---|---|---|---|"]
         lines += [f"| {m} | {leg['first_steps_s']} | {leg['step_ms']} | {leg['precision']} |" for m, leg in cs["legs"].items()]
         if "compile_s" in cs:
-            lines += ["", f"compiled/eager speed-up {cs['speedup']}x; compile time about {cs['compile_s']} s"]
+            lines += ["", f"compiled/eager speed-up {cs['speedup']}x; compile time about {cs['compile_s']} s; "
+                      f"compiling pays after {cs.get('break_even_steps')} steps (TrainConfig compile='auto' "
+                      "compiles CUDA runs of at least train.COMPILE_MIN_STEPS)"]
         lines.append("")
     if "static_decode" in r:
         sd = r["static_decode"]
