@@ -139,6 +139,17 @@ def stratified_subset(rows: Sequence[Mapping[str, Any]], per_subject: int, seed:
     return [dict(rows[i]) for i in picked]
 
 
+def shortest_subjects(rows: Sequence[Mapping[str, Any]], k: int) -> list[str]:
+    """The ``k`` subjects whose questions are shortest on average (question and choices, in
+    characters): the cheapest to score, for a smoke test. Defined in chapter 12, Post-training."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    sizes: dict[str, list[int]] = defaultdict(list)
+    for r in rows:
+        sizes[r["subject"]].append(len(r["question"]) + sum(len(c) for c in r["choices"]))
+    return sorted(sizes, key=lambda s: (sum(sizes[s]) / len(sizes[s]), s))[:k]
+
+
 # ------------------------------------------------------------------------------------ statistics
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval of a proportion ``k / n`` (95 % for ``z = 1.96``).
@@ -480,5 +491,5 @@ def _result(name: str, cfg: Mapping[str, Any], res: dict[str, Any], seconds: flo
 
 
 __all__ = ["MMLU_ROWS", "MMLU_SUBJECTS", "MMLU_CHANCE", "read_mmlu", "mmlu_questions", "stratified_subset",
-           "wilson_interval", "write_mmlu_task", "extract_answer", "write_generation_task", "task_prompts",
-           "TaskResult", "evaluate"]
+           "shortest_subjects", "wilson_interval", "write_mmlu_task", "extract_answer", "write_generation_task",
+           "task_prompts", "TaskResult", "evaluate"]

@@ -127,6 +127,19 @@ def test_stratified_subset_bad_input(mmlu):
         E.stratified_subset([mmlu[0], {"topic": "x"}], 1)
 
 
+def test_shortest_subjects(mmlu):
+    def mean_size(subject):
+        sizes = [len(r["question"]) + sum(map(len, r["choices"])) for r in mmlu if r["subject"] == subject]
+        return sum(sizes) / len(sizes)
+
+    short = E.shortest_subjects(mmlu, 5)
+    rest = sorted({r["subject"] for r in mmlu} - set(short))
+    assert len(set(short)) == 5 and [mean_size(s) for s in short] == sorted(mean_size(s) for s in short)
+    assert max(mean_size(s) for s in short) <= min(mean_size(s) for s in rest)
+    with pytest.raises(ValueError, match="k must be"):
+        E.shortest_subjects(mmlu, 0)
+
+
 # ----------------------------------------------------------------------------------- statistics
 def test_wilson_interval_known_values():
     low, high = E.wilson_interval(5, 10)          # the textbook example: 0.2366 .. 0.7634
