@@ -18,10 +18,15 @@ so a busy machine slows them alike; each round's own ratios and their range show
 load moved. Printed, never asserted. Goals (issue 27): ours bf16 >= 1.4x ours fp32 at width
 128 and >= 2x at width 256; ours >= 1.2x transformers at equal precision.
 
+``--compile`` adds the course GPT under ``torch.compile`` in each precision (issue 32): its
+tokens/s beside the eager model's, the compile time (its first step) apart, and the number of
+steps after which compiling pays on this device (compile time / time saved per step).
+
     python benchmarks/train_throughput.py                    # 7 rounds of 30 steps, widths 128 and 256
     python benchmarks/train_throughput.py --quick            # a smoke run (width 128 only, seconds)
     python benchmarks/train_throughput.py --threads 2 --device cpu --precisions fp32,bf16
     python benchmarks/train_throughput.py --device cuda      # the GPU check (tools/gpu_check.py)
+    python benchmarks/train_throughput.py --compile --widths 128 --precisions fp32   # does compiling pay here?
 """
 from __future__ import annotations
 
@@ -183,11 +188,18 @@ def run_width(args: argparse.Namespace, device: torch.device, width: int, precis
     fpt = flops_per_token(ours, args.block)
     steps = {(m, p): make_step(model, "ours" if m == "ours" else "hf", dtype=DTYPES[p])
              for p in precisions for m, model in (("ours", ours), ("transformers", theirs))}
+    if getattr(args, "compile", False):  # the same weights, compiled (a guard per precision: one graph each)
+        compiled = torch.compile(ours)
+        steps.update({("ours compiled", p): make_step(compiled, "ours", dtype=DTYPES[p]) for p in precisions})
     print(f"\n== width {width}: L{args.layers} H{args.heads} C{width} T{args.block} B{args.batch} V{vocab} | "
           f"params ours {n_ours:,} transformers {n_theirs:,} | {fpt / 1e6:.2f} MFLOP per token")
-    for fn in steps.values():  # warm-up (allocator, kernels) outside the timing
-        for x, y in batches[:args.warmup]:
+    compile_s: dict[str, float] = {}
+    for key, fn in steps.items():  # warm-up (allocator, kernels, compiling) outside the timing
+        for i, (x, y) in enumerate(batches[:args.warmup]):
+            t0 = time.perf_counter()
             fn(x, y)
+            if i == 0 and key[0] == "ours compiled":
+                compile_s[key[1]] = time.perf_counter() - t0
     rates: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
     phases: dict[tuple[str, str], list[tuple[float, float, float]]] = {k: [] for k in steps}
     tokens = args.steps * args.batch * args.block
@@ -208,7 +220,8 @@ def run_width(args: argparse.Namespace, device: torch.device, width: int, precis
     med = {k: statistics.median(v) for k, v in rates.items()}
     out: dict[str, Any] = {"width": width, "params": {"ours": n_ours, "transformers": n_theirs},
                            "flops_per_token": fpt, "tokens_per_s": {}, "pct_of_peak": {}, "ours_vs_hf": {},
-                           "round_ratios": {}, "speedup": {}, "split_ms": {}}
+                           "round_ratios": {}, "speedup": {}, "split_ms": {}, "compile_s": compile_s,
+                           "compiled_vs_eager": {}, "compile_pays_after_steps": {}}
     for (m, p), v in med.items():
         out["tokens_per_s"][f"{m} {p}"] = v
         if peak.get(p):
@@ -218,6 +231,12 @@ def run_width(args: argparse.Namespace, device: torch.device, width: int, precis
         paired = [o / t for o, t in zip(rates[("ours", p)], rates[("transformers", p)])]
         out["ours_vs_hf"][p] = statistics.median(paired)
         out["round_ratios"][p] = paired
+    step_tokens = args.batch * args.block
+    for p in compile_s:
+        out["compiled_vs_eager"][p] = statistics.median(
+            c / e for c, e in zip(rates[("ours compiled", p)], rates[("ours", p)]))
+        saved = step_tokens / med[("ours", p)] - step_tokens / med[("ours compiled", p)]   # seconds per step
+        out["compile_pays_after_steps"][p] = round(compile_s[p] / saved) if saved > 0 else None
     for m in ("ours", "transformers"):
         for p in precisions[1:]:
             per_round = [b / f for b, f in zip(rates[(m, p)], rates[(m, precisions[0])])]
@@ -237,6 +256,10 @@ def run_width(args: argparse.Namespace, device: torch.device, width: int, precis
         goal = {128: 1.4, 256: 2.0}.get(width) if name.startswith("ours bf16") else None
         note = f" (goal >= {goal}x at width {width}: {'met' if v >= goal else 'NOT met'})" if goal else ""
         print(f"speed-up {name} = {v:.2f}x{note}")
+    for p, c in compile_s.items():
+        after = out["compile_pays_after_steps"][p]
+        print(f"compiled ({p}): {out['compiled_vs_eager'][p]:.2f}x the eager steps, compiling took {c:.1f} s: "
+              + (f"pays after {after:,} steps" if after is not None else "never pays (no faster per step)"))
     if split:
         print("median ms per step (forward | backward | clipping + AdamW): "
               + "   ".join(f"{k} {' | '.join(f'{t:.1f}' for t in v)}" for k, v in split.items()))
@@ -259,6 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--device", default=None, help="cpu | cuda | mps (default: course_utils.device)")
     ap.add_argument("--quick", action="store_true", help="2 rounds of 5 steps, the first width only: a smoke run")
+    ap.add_argument("--compile", action="store_true", help="also the course GPT under torch.compile (issue 32)")
     args = ap.parse_args(argv)
     widths = [args.width] if args.width else [int(w) for w in str(args.widths).split(",") if w.strip()]
     if args.quick:
@@ -290,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             # the first width's figures in the base precision, as the earlier single-run report gave them
             "ours": first["tokens_per_s"][f"ours {base}"], "transformers": first["tokens_per_s"][f"transformers {base}"],
             "ratio": first["ours_vs_hf"][base], "round_ratios": first["round_ratios"][base],
-            "split_ms": {k.split()[0]: v for k, v in first["split_ms"].items() if k.endswith(" " + base)},
+            "split_ms": {k.split()[0]: v for k, v in first["split_ms"].items() if k in (f"ours {base}", f"transformers {base}")},
             "params": first["params"]}
 
 

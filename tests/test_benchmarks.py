@@ -103,3 +103,4 @@ def test_generation_static_table_decodes_the_dynamic_caches_tokens(capsys):
     assert "static tok/s" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--batches"):
         gen.main(["--table", "static", "--quick", "--batches", "0"])
+
