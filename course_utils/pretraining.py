@@ -64,7 +64,7 @@ CHAR_GPT_RECIPES: dict[str, Recipe] = {
                      extra=dict(max_rows=None)),
     "gpu": Recipe(model=dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2),
                   train=dict(max_steps=5000, lr=1e-3, warmup_steps=200, batch_size=64, eval_interval=250,
-                             eval_iters=50, weight_decay=0.1, grad_clip=1.0),
+                             eval_iters=50, weight_decay=0.1, grad_clip=1.0, keep_best=True),
                   extra=dict(max_rows=None)),
 }
 
@@ -124,7 +124,10 @@ def _trained_folder(name: str, label: str, recipe: Recipe, profile: str | None, 
         print(f"{why} {label} in {folder}; training one ({get_profile(profile).name} profile)")
         start = time.perf_counter()
         model, tok, history = pretrain(profile, progress=progress)
-        save(model, tok, profile, {"val_loss": history["val_loss"][-1], "steps": history["step"][-1],
+        save(model, tok, profile, {"val_loss": history.get("best_val_loss", history["val_loss"][-1]),
+                                   "steps": history["step"][-1],
+                                   "kept_step": history.get("best_step", history["step"][-1]),
+                                   "kept": history.get("kept", "the last step's weights"),
                                    "seconds": round(time.perf_counter() - start, 1)}, replace=False)
     return folder
 
