@@ -214,8 +214,9 @@ def write_mmlu_task(folder: str | Path, rows: Sequence[Mapping[str, Any]], name:
 
     ``"cloze"`` -- no letters (lm-eval's ``mmlu_continuation``, the "MMLU (cloze)" of SmolLM2's
     model card): the prompt ends ``Question: <question>\nAnswer:`` and each choice's own text is
-    scored; the answer is the best log-likelihood per character (``acc_norm``). Four times the
-    compute, but it measures knowledge in models too small to use the letter format: a model
+    scored; the answer is the best log-likelihood per character (``acc_norm``). Four forward
+    passes per question instead of one, on shorter prompts (the choices are not listed), so about
+    the same cost; it measures knowledge in models too small to use the letter format: a model
     that prefers one letter whatever the question scores the share of that letter in ``"letters"``.
 
     Defined in chapter 12, Post-training.
