@@ -179,7 +179,8 @@ def _write_task(folder: str | Path, name: str, docs: list[dict[str, Any]], templ
     ``template`` (a file of :data:`TEMPLATES`) and adds the task's name, its data file and ``config``.
 
     The data file is named by its content's digest, so ``datasets``' cache (keyed by path and
-    modification time) can never serve an older version of a task that was rewritten.
+    modification time) can never serve an older version of a task that was rewritten; that cache
+    is kept in ``folder/.datasets_cache``, with the task, wherever the library's own cache is.
     """
     import yaml
 
@@ -192,7 +193,8 @@ def _write_task(folder: str | Path, name: str, docs: list[dict[str, Any]], templ
             old.unlink()
     data.write_text(text, encoding="utf-8")
     task = {"task": name, "include": str(TEMPLATES / template),
-            "dataset_kwargs": {"data_files": {"test": str(data)}}, **(config or {})}
+            "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(folder / ".datasets_cache")},
+            **(config or {})}
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(task, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return name
 

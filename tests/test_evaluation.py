@@ -13,6 +13,7 @@ import re
 
 import pytest
 import torch
+import yaml
 
 from course_utils import assets, evaluation as E
 from course_utils.chat import IM_END, render_chat
@@ -171,6 +172,9 @@ def test_generation_task_targets_and_bad_input(tmp_path):
     assert [json.loads(line)["target"] for line in data.read_text().splitlines()] == ["-4", "17"]
     E.write_generation_task(tmp_path, "arith", ex[:1], r"answer is (-?\d+)")     # rewritten: one data file
     assert len(list(tmp_path.glob("arith-*.jsonl"))) == 1
+    task = yaml.safe_load((tmp_path / "arith.yaml").read_text())
+    assert task["dataset_kwargs"]["cache_dir"] == str(tmp_path.resolve() / ".datasets_cache")
+    assert task["include"] == str(E.TEMPLATES / "_generation_template_yaml")
     with pytest.raises(ValueError, match="task name"):
         E.write_generation_task(tmp_path, "has space", ex, r"(\d+)")
     with pytest.raises(ValueError, match="valid regular expression"):
