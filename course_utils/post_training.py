@@ -59,12 +59,16 @@ class PostTrainingRecipe:
     grpo: dict[str, Any]
     eval: dict[str, Any] = field(default_factory=dict)
 
+    def task_config(self) -> dict[str, Any]:
+        """reasoning-gym's settings: :data:`verifiable_tasks.TASK_CONFIG` with ``data["task"]``'s changes."""
+        return {**vt.TASK_CONFIG, **self.data.get("task", {})}
+
     def upto(self, stage: str) -> dict[str, Any]:
         """The settings that determine ``stage``'s model: its own and every earlier stage's."""
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         keep = STAGES[: STAGES.index(stage) + 1]
-        out = {"model": self.model, "data": self.data, "task": {"name": vt.TASK, **vt.TASK_CONFIG,
+        out = {"model": self.model, "data": self.data, "task": {"name": vt.TASK, **self.task_config(),
                                                                 "reasoning_gym": _rg_version()}}
         out.update({s: getattr(self, s) for s in keep})
         return recipe_record(out)
@@ -123,7 +127,7 @@ def get_recipe(profile: str | None = None) -> PostTrainingRecipe:
 def task_splits(recipe: PostTrainingRecipe) -> tuple[list[vt.Problem], list[vt.Problem]]:
     """The recipe's (train, held-out) problems."""
     d = recipe.data
-    return vt.make_splits(d["n_train"], d["n_heldout"], seed=d["seed"])
+    return vt.make_splits(d["n_train"], d["n_heldout"], seed=d["seed"], config=recipe.task_config())
 
 
 def base_corpus_texts(problems: Sequence[vt.Problem], play_rows: int | None, seed: int = 0,

@@ -29,6 +29,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .evaluation import wilson_interval  # noqa: F401  (one implementation; scores here carry intervals)
+
 TASK = "basic_arithmetic"
 #: reasoning-gym settings of the chapter's task (two 1-2 digit terms, + and -).
 TASK_CONFIG: dict[str, Any] = dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2,
@@ -165,17 +167,6 @@ def score(texts: Sequence[str], problems: Sequence[Problem],
     if len(texts) != len(problems):
         raise ValueError(f"{len(texts)} completions for {len(problems)} problems")
     return check_rewards([reward_fn(t, p) for t, p in zip(texts, problems)], len(texts))
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion k/n (better than ±1.96·SE near 0 and 1)."""
-    if n <= 0 or not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, mid - half), min(1.0, mid + half)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
