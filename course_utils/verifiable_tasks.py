@@ -2,8 +2,8 @@
 
 The problems come from ``reasoning-gym`` (Apache-2.0), which generates them offline from a seed
 and scores an answer with its own verifier. The chapter uses its ``basic_arithmetic`` task at a
-difficulty a model trained here in minutes finds neither hopeless nor solved: two terms of one
-or two digits, ``+`` and ``-`` ("Calculate 13 - 92." -> "-79"). The package is installed rather
+difficulty a model trained here in minutes finds neither hopeless nor solved: sums of two
+numbers of one or two digits ("Calculate 47 + 38." -> "85"). The package is installed rather
 than copied: its generators and verifiers are the point, and it installs from PyPI with a few
 small pure-Python dependencies (plus pycosat, built from source where no wheel exists).
 
@@ -32,9 +32,11 @@ import torch
 from .evaluation import wilson_interval  # noqa: F401  (one implementation; scores here carry intervals)
 
 TASK = "basic_arithmetic"
-#: reasoning-gym settings of the chapter's task (two 1-2 digit terms, + and -).
+#: reasoning-gym settings of the chapter's task: sums of two numbers of one or two digits. (With
+#: ``-`` as well, the laptop model's SFT accuracy was 20 % and neither DPO nor GRPO moved it in the
+#: laptop budget: measured 2026-12-04, docs/RESULTS.md §10.)
 TASK_CONFIG: dict[str, Any] = dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2,
-                                   operators=("+", "-"), allow_parentheses=False, allow_negation=False)
+                                   operators=("+",), allow_parentheses=False, allow_negation=False)
 SYSTEM_PROMPT = "Solve the problem. Reply with: The answer is <number>."
 ANSWER_TEMPLATE = "The answer is {answer}."
 ANSWER_RE = re.compile(r"The answer is (-?\d+)\.")
@@ -108,14 +110,55 @@ def prose(problem: Problem, rng: random.Random) -> str:
     return rng.choice(_PROSE).format(a=a, op=op, b=b, r=problem.answer)
 
 
-def to_chat(problem: Problem, with_answer: bool = True, system: bool = False) -> list[dict[str, str]]:
+TEACHER_MISTAKES: tuple[str, ...] = ("off_by_one", "drop_carry")
+
+
+def _drop_carry(expression: str) -> str | None:
+    """``a + b`` added column by column without carrying from the units into the tens
+    (47 + 38 -> 75), or None where no carry happens (or the expression is not a sum)."""
+    a, op, b = expression.split(" ")
+    x, y = int(a), int(b)
+    if op != "+" or x < 0 or y < 0 or (x % 10) + (y % 10) < 10:
+        return None
+    return str(x + y - 10)
+
+
+def teacher_answers(problems: Sequence[Problem], error_rate: float = 0.0, seed: int = 0,
+                    mistake: str = "off_by_one") -> list[str]:
+    """The answers an imperfect teacher writes for ``problems`` -- the mistakes real SFT data,
+    written by people or by models, contains. Reproducible for a seed.
+
+    ``mistake="off_by_one"``: a random ``error_rate`` share of the answers is one too high or too
+    low. ``"drop_carry"``: on a sum whose units carry into the tens, the teacher forgets the carry
+    with probability ``error_rate`` (47 + 38 -> 75); other problems are answered right.
+    """
+    if not 0.0 <= error_rate < 1.0:
+        raise ValueError(f"error_rate must be in [0, 1), got {error_rate!r}")
+    if mistake not in TEACHER_MISTAKES:
+        raise ValueError(f"mistake must be one of {TEACHER_MISTAKES}, got {mistake!r}")
+    rng = random.Random(seed)
+    out = []
+    for p in problems:
+        wrong = rng.random() < error_rate
+        delta = rng.choice((-1, 1))
+        if mistake == "off_by_one":
+            out.append(str(int(p.answer) + delta) if wrong else p.answer)
+        else:
+            dropped = _drop_carry(p.expression)
+            out.append(dropped if wrong and dropped is not None else p.answer)
+    return out
+
+
+def to_chat(problem: Problem, with_answer: bool = True, system: bool = False,
+            answer: str | None = None) -> list[dict[str, str]]:
     """The problem as chat messages (system, user, and the reference answer as the assistant's
-    turn when ``with_answer``). The chapter trains without the system prompt: short chats are
+    turn when ``with_answer``; ``answer`` replaces the reference, e.g. a teacher's). The chapter trains without the system prompt: short chats are
     cheaper, and the format is learned from the answers themselves."""
     msgs = [{"role": "system", "content": SYSTEM_PROMPT}] if system else []
     msgs.append({"role": "user", "content": problem.question})
     if with_answer:
-        msgs.append({"role": "assistant", "content": ANSWER_TEMPLATE.format(answer=problem.answer)})
+        msgs.append({"role": "assistant", "content": ANSWER_TEMPLATE.format(answer=problem.answer if answer is None
+                                                                             else answer)})
     return msgs
 
 

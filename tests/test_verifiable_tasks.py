@@ -85,3 +85,30 @@ def test_wilson_interval():
 def test_bad_split_sizes():
     with pytest.raises(ValueError, match="n_train"):
         vt.make_splits(0, 10)
+
+
+def test_teacher_is_off_by_one_on_its_share(splits):
+    train = splits[0]
+    answers = vt.teacher_answers(train, 0.3, seed=1)
+    wrong = [(int(a) - int(p.answer)) for a, p in zip(answers, train) if a != p.answer]
+    assert set(wrong) <= {-1, 1} and {-1, 1} <= set(wrong)
+    assert 0.25 < len(wrong) / len(train) < 0.35
+    assert answers == vt.teacher_answers(train, 0.3, seed=1)
+    assert vt.teacher_answers(train, 0.0) == [p.answer for p in train]
+    assert vt.to_chat(train[0], answer="12")[-1]["content"] == "The answer is 12."
+    with pytest.raises(ValueError, match="error_rate"):
+        vt.teacher_answers(train, 1.0)
+
+
+def test_teacher_who_drops_the_carry():
+    assert vt._drop_carry("47 + 38") == "75" and vt._drop_carry("41 + 38") is None
+    assert vt._drop_carry("7 + 8") == "5" and vt._drop_carry("47 - 38") is None
+    probs = [vt.Problem(f"Calculate {e}.", str(eval(e)), e, {}) for e in ("47 + 38", "41 + 38", "9 + 9")] * 50
+    answers = vt.teacher_answers(probs, 0.5, seed=0, mistake="drop_carry")
+    for a, p in zip(answers, probs):
+        assert a == p.answer or a == vt._drop_carry(p.expression)
+    assert all(a == "79" for a, p in zip(answers, probs) if p.expression == "41 + 38")   # no carry: always right
+    dropped = sum(a != p.answer for a, p in zip(answers, probs) if p.expression != "41 + 38")
+    assert 30 < dropped < 70
+    with pytest.raises(ValueError, match="mistake"):
+        vt.teacher_answers(probs, 0.5, mistake="typo")
