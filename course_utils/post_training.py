@@ -254,6 +254,7 @@ def sample(model: Any, tokenizer: Any, problems: Sequence[vt.Problem], *, n: int
         raise ValueError(f"n must be >= 1, got {n}")
     stop = im_end_id(tokenizer)
     pad = _pad_id(tokenizer)
+    device = next(model.parameters()).device
     prompts = [render_chat(vt.to_chat(p, with_answer=False), add_generation_prompt=True) for p in problems]
     enc = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts for _ in range(n)]
     P = max(len(e) for e in enc)
@@ -265,8 +266,8 @@ def sample(model: Any, tokenizer: Any, problems: Sequence[vt.Problem], *, n: int
         for i, e in enumerate(chunk):
             ids[i, P - len(e):] = torch.tensor(e)
             att[i, P - len(e):] = 1
-        out = model.generate(ids, max_new_tokens, attention_mask=att, temperature=temperature,
-                             eos_token_id=stop, generator=generator)
+        out = model.generate(ids.to(device), max_new_tokens, attention_mask=att.to(device), temperature=temperature,
+                             eos_token_id=stop, generator=generator).cpu()
         if out.size(1) < P + max_new_tokens:   # every row stopped early: pad to a common width
             out = torch.cat((out, torch.full((out.size(0), P + max_new_tokens - out.size(1)), stop)), dim=1)
         rows.append(out)
@@ -285,10 +286,10 @@ def sample(model: Any, tokenizer: Any, problems: Sequence[vt.Problem], *, n: int
 def completion_logprobs(model: torch.nn.Module, s: Samples) -> torch.Tensor:
     """Per-token log-probabilities of the completions of ``s`` under ``model`` -> [B, C]
     (zero where ``completion_mask`` is 0)."""
-    P = s.prompt_len
-    lp = _completion_logprobs(model, s.sequences[:, :P], s.attention_mask[:, :P], s.sequences[:, P:],
-                              s.completion_mask)
-    return lp * s.completion_mask
+    P, dev = s.prompt_len, next(model.parameters()).device
+    seq, att, cm = s.sequences.to(dev), s.attention_mask.to(dev), s.completion_mask.to(dev)
+    lp = _completion_logprobs(model, seq[:, :P], att[:, :P], seq[:, P:], cm)
+    return lp * cm
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -537,7 +538,7 @@ def train_grpo(model: Any, tokenizer: Any, recipe: PostTrainingRecipe, problems:
                    max_new_tokens=r["max_new_tokens"], generator=g)
         rewards = vt.check_rewards([reward_fn(t, p) for t, p in zip(s.texts, s.problems)], len(s.texts),
                                    getattr(reward_fn, "__name__", "reward function"))
-        adv = group_advantages(rewards, r["group"])
+        adv = group_advantages(rewards, r["group"]).to(next(policy.parameters()).device)
         with torch.no_grad():
             old = completion_logprobs(policy, s)
             ref = completion_logprobs(reference, s) if r["beta"] > 0 else None
@@ -547,8 +548,8 @@ def train_grpo(model: Any, tokenizer: Any, recipe: PostTrainingRecipe, problems:
             for group in opt.param_groups:
                 group["lr"] = lr
             logps = completion_logprobs(policy, s)
-            loss = grpo_loss(logps, old, adv, s.completion_mask, epsilon=r["epsilon"], beta=r["beta"],
-                             ref_logps=ref)
+            loss = grpo_loss(logps, old, adv, s.completion_mask.to(logps.device), epsilon=r["epsilon"],
+                             beta=r["beta"], ref_logps=ref)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
