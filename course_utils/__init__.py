@@ -49,7 +49,8 @@ def start_notebook(profile: str | None = None, seed: int = 0, verbose: bool = Tr
               + " | ".join(f"{k} {v}" for k, v in versions.items()))
         device = get_device()
         print(f"device: {describe_device(device)} | profile: {prof.name} | seed: {seed}")
-        # e.g. "bf16 autocast (avx512_bf16, probe 2.2× fp32)": what Trainer's "auto" will use
+        # e.g. "bf16 autocast (avx512_bf16, probe 1.40× fp32 at width 256)": what Trainer's "auto"
+        # uses for a model of that width (it probes each model's own width)
         print(f"precision: {choose_precision(device)}")
     return prof
 

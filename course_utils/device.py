@@ -6,8 +6,11 @@ Order: an explicit override (argument or ``$COURSE_DEVICE``), then CUDA, XLA (a 
 Precision: :func:`choose_precision` says which autocast dtype is worth using and why. On a GPU or
 TPU that is a property of the device (bf16, or fp16 with a gradient scaler on a T4). On a CPU it
 is decided by evidence: bf16 only where the processor has native bf16 instructions (AMX or
-AVX512-BF16 on x86, the BF16 extension on Arm) *and* a short matmul probe, timed here, shows
-bf16 clearly faster than fp32; fp32 otherwise. ``$COURSE_PRECISION`` (``auto`` | ``fp32`` |
+AVX512-BF16 on x86, the BF16 extension on Arm) *and* a short probe, timed here, shows a
+whole training step of a small course GPT *at the width of the model being trained* clearly
+faster in bf16 than in fp32; fp32 otherwise. (A matmul alone is 2× faster in bf16 on such a CPU
+even at width 32, but a whole step at that width is slower: the casts autocast adds around
+every matmul, attention and the optimizer do not speed up, so the probe times the step.) ``$COURSE_PRECISION`` (``auto`` | ``fp32`` |
 ``bf16``) or the ``mode`` argument forces either. Defined in chapter 0, Setup.
 """
 from __future__ import annotations
@@ -31,9 +34,11 @@ ENV_VAR = "COURSE_DEVICE"
 VALID_KINDS = ("cpu", "cuda", "mps", "xla")
 PRECISION_ENV_VAR = "COURSE_PRECISION"
 PRECISION_MODES = ("auto", "fp32", "bf16")
-# "auto" picks bf16 on a CPU only when the probe finds it at least this much faster than fp32:
-# a smaller gain on a matmul alone is eaten by the casts autocast adds around it
-MIN_CPU_BF16_SPEEDUP = 1.3
+# "auto" picks bf16 on a CPU only when the training-step probe finds it at least this much faster
+# than fp32: a smaller gain is inside the noise of a shared machine and not worth bf16's rounding
+MIN_CPU_BF16_SPEEDUP = 1.15
+# the width probed when the caller does not say (a laptop-sized course model)
+DEFAULT_PROBE_WIDTH = 256
 
 
 def _xla_available() -> bool:
@@ -153,9 +158,11 @@ def _apple_bf16() -> str | None:  # pragma: no cover - macOS only
 
 
 @dataclass(frozen=True)
-class MatmulProbe:
-    """Best-of-``rounds`` speed of one MLP block's two matmuls (``F.linear`` of ``[tokens, width]``
-    by ``[4*width, width]``, then back), in fp32 and bf16 on the CPU, with ``threads`` threads."""
+class PrecisionProbe:
+    """Best-of-``rounds`` speed of one piece of work in fp32 and in bf16 on the CPU, as GFLOP/s.
+
+    ``kind``: ``"matmul"`` (:func:`probe_cpu_matmul`, an MLP block's two matmuls, the hardware's
+    peak) or ``"train step"`` (:func:`probe_cpu_train_step`, what training actually gains)."""
 
     fp32_gflops: float
     bf16_gflops: float
@@ -164,16 +171,28 @@ class MatmulProbe:
     threads: int
     cpu: str
     torch: str
+    kind: str = "matmul"
 
     @property
     def speedup(self) -> float:
         """bf16 GFLOP/s over fp32 GFLOP/s (above 1: bf16 is faster)."""
         return self.bf16_gflops / self.fp32_gflops
 
+    def describe(self) -> str:
+        """e.g. ``train step 768 tokens x width 256, 2 threads: fp32 61 / bf16 88 GFLOP/s``."""
+        return (f"{self.kind} {self.tokens} tokens x width {self.width}, {self.threads} threads: "
+                f"fp32 {self.fp32_gflops:.0f} / bf16 {self.bf16_gflops:.0f} GFLOP/s")
 
-def probe_cpu_matmul(tokens: int = 1024, width: int = 256, rounds: int = 9, repeat: int = 3) -> MatmulProbe:
+
+def _check_positive(**values: int) -> None:
+    for name, v in values.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+def probe_cpu_matmul(tokens: int = 1024, width: int = 256, rounds: int = 9, repeat: int = 3) -> PrecisionProbe:
     """Time ``x[tokens, width] @ W1[4*width, width]ᵀ @ W2[width, 4*width]ᵀ`` (an MLP block of a
-    laptop-sized course model) in fp32 and in bf16 on the CPU.
+    laptop-sized course model) in fp32 and in bf16 on the CPU: the matmul units' peak.
 
     The two precisions run alternately, ``rounds`` times, and each keeps its fastest time:
     other programs on the machine can only slow a run down, so the best of several is the
@@ -182,9 +201,7 @@ def probe_cpu_matmul(tokens: int = 1024, width: int = 256, rounds: int = 9, repe
     """
     import torch.nn.functional as F
 
-    for name, v in (("tokens", tokens), ("width", width), ("rounds", rounds), ("repeat", repeat)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    _check_positive(tokens=tokens, width=width, rounds=rounds, repeat=repeat)
     g = torch.Generator().manual_seed(0)
     fp32 = (torch.randn(tokens, width, generator=g), torch.randn(4 * width, width, generator=g) * 0.05,
             torch.randn(width, 4 * width, generator=g) * 0.05)
@@ -201,9 +218,55 @@ def probe_cpu_matmul(tokens: int = 1024, width: int = 256, rounds: int = 9, repe
                     F.linear(F.linear(x, w1), w2)
                 best[name] = min(best[name], (time.perf_counter() - t0) / repeat)
     flops = 2 * 2 * tokens * width * 4 * width
-    return MatmulProbe(fp32_gflops=flops / best["fp32"] / 1e9, bf16_gflops=flops / best["bf16"] / 1e9,
-                       tokens=tokens, width=width, threads=torch.get_num_threads(), cpu=_cpu_name(),
-                       torch=torch.__version__)
+    return PrecisionProbe(fp32_gflops=flops / best["fp32"] / 1e9, bf16_gflops=flops / best["bf16"] / 1e9,
+                          tokens=tokens, width=width, threads=torch.get_num_threads(), cpu=_cpu_name(),
+                          torch=torch.__version__, kind="matmul")
+
+
+def probe_cpu_train_step(width: int = DEFAULT_PROBE_WIDTH, tokens: int = 768, n_layer: int = 2,
+                         rounds: int = 5, steps: int = 2) -> PrecisionProbe:
+    """Time whole training steps (forward, backward, AdamW) of a small course GPT of width
+    ``width`` (``n_layer`` layers, heads of 32, block 64, ``tokens // 64`` sequences of a
+    65-character vocabulary) in plain fp32 and under ``torch.autocast("cpu", torch.bfloat16)``.
+
+    This is what training gains: at small widths the casts autocast adds and the parts that
+    bf16 does not speed up (attention's softmax, LayerNorm, the optimizer) outweigh faster
+    matmuls. Alternating rounds, best of each; GFLOP/s from the model's own FLOP count per token.
+    Well under a second at width 256 on two cores, a few seconds at 1024.
+    """
+    from .models.gpt import GPT, GPTConfig
+
+    _check_positive(width=width, tokens=tokens, n_layer=n_layer, rounds=rounds, steps=steps)
+    block = 64
+    if tokens % block:
+        raise ValueError(f"tokens must be a multiple of the block size {block}, got {tokens}")
+    n_head = width // 32 if width % 32 == 0 else 1
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=65, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=width, dropout=0.0))
+    x = torch.randint(0, 65, (tokens // block, block))
+    torch.random.set_rng_state(state)  # the probe must not move the caller's random stream
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+
+    def run(bf16: bool, n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model(x, targets=x).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return (time.perf_counter() - t0) / n
+
+    run(False, 1), run(True, 1)  # first calls pick kernels and allocate: not timed
+    best = {False: float("inf"), True: float("inf")}
+    for r in range(rounds):
+        for bf16 in ((False, True) if r % 2 == 0 else (True, False)):
+            best[bf16] = min(best[bf16], run(bf16, steps))
+    flops = model.estimate_flops_per_token(block) * tokens
+    return PrecisionProbe(fp32_gflops=flops / best[False] / 1e9, bf16_gflops=flops / best[True] / 1e9,
+                          tokens=tokens, width=width, threads=torch.get_num_threads(), cpu=_cpu_name(),
+                          torch=torch.__version__, kind="train step")
 
 
 def _cpu_name() -> str:
@@ -216,7 +279,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-_PROBE_CACHE: dict[int, MatmulProbe] = {}
+_PROBE_CACHE: dict[tuple[int, int], PrecisionProbe] = {}
 PROBE_FILE = "cpu_precision_probe.json"
 
 
@@ -228,15 +291,19 @@ def _probe_file() -> Path | None:
     return data_dir() / "cache" / PROBE_FILE
 
 
-def cached_cpu_probe(refresh: bool = False) -> MatmulProbe:
-    """:func:`probe_cpu_matmul`, run once per process and thread count, and remembered in
+def cached_cpu_probe(refresh: bool = False, width: int | None = None) -> PrecisionProbe:
+    """:func:`probe_cpu_train_step` at ``width`` (default :data:`DEFAULT_PROBE_WIDTH`), run once
+    per process, thread count and width, and remembered in
     ``<data dir>/cache/cpu_precision_probe.json`` for this CPU, torch version and thread count,
     so that every notebook on one machine makes the same choice (a probe timed on a busy
     machine would otherwise flip between runs). ``refresh=True`` measures again."""
+    width = DEFAULT_PROBE_WIDTH if width is None else width
+    _check_positive(width=width)
     threads = torch.get_num_threads()
-    if not refresh and threads in _PROBE_CACHE:
-        return _PROBE_CACHE[threads]
-    path, key = _probe_file(), f"{_cpu_name()} | torch {torch.__version__} | {threads} threads"
+    if not refresh and (threads, width) in _PROBE_CACHE:
+        return _PROBE_CACHE[threads, width]
+    path = _probe_file()
+    key = f"{_cpu_name()} | torch {torch.__version__} | {threads} threads | train step, width {width}"
     saved: dict = {}
     if path is not None and path.is_file():
         try:
@@ -245,12 +312,12 @@ def cached_cpu_probe(refresh: bool = False) -> MatmulProbe:
             saved = {}
     if not refresh and isinstance(saved.get(key), dict):
         try:
-            _PROBE_CACHE[threads] = MatmulProbe(**saved[key])
-            return _PROBE_CACHE[threads]
+            _PROBE_CACHE[threads, width] = PrecisionProbe(**saved[key])
+            return _PROBE_CACHE[threads, width]
         except TypeError:
             pass  # written by another version: measure again
-    probe = probe_cpu_matmul()
-    _PROBE_CACHE[threads] = probe
+    probe = probe_cpu_train_step(width=width)
+    _PROBE_CACHE[threads, width] = probe
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,13 +330,24 @@ def cached_cpu_probe(refresh: bool = False) -> MatmulProbe:
     return probe
 
 
+def model_width(model: torch.nn.Module) -> int | None:
+    """The hidden width of ``model`` from its config (``n_embd``, ``hidden_size``, ``d_model``
+    or ``dim``), or None when it has none: what :func:`choose_precision` probes at."""
+    config = getattr(model, "config", None)
+    for name in ("n_embd", "hidden_size", "d_model", "dim"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 @dataclass(frozen=True)
 class PrecisionChoice:
     """What :func:`choose_precision` decided: ``dtype`` for autocast (None: plain fp32) and why."""
 
     dtype: torch.dtype | None
     reason: str
-    probe: MatmulProbe | None = None
+    probe: PrecisionProbe | None = None
 
     @property
     def name(self) -> str:
@@ -277,7 +355,7 @@ class PrecisionChoice:
         return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")  # type: ignore[arg-type]
 
     def __str__(self) -> str:
-        """e.g. ``bf16 autocast (avx512_bf16, probe 2.3× fp32)`` or ``fp32 (no native bf16 on this CPU)``."""
+        """e.g. ``bf16 autocast (avx512_bf16, probe 1.4× fp32 at width 256)`` or ``fp32 (no native bf16 on this CPU)``."""
         return f"{self.name} autocast ({self.reason})" if self.dtype is not None else f"fp32 ({self.reason})"
 
 
@@ -293,7 +371,8 @@ def precision_mode(mode: str | None = None) -> str:
     return value
 
 
-def choose_precision(device: torch.device | None = None, mode: str | None = None) -> PrecisionChoice:
+def choose_precision(device: torch.device | None = None, mode: str | None = None,
+                     width: int | None = None) -> PrecisionChoice:
     """The autocast dtype worth using on ``device`` (default: :func:`get_device`), and why.
 
     ``mode`` (or ``$COURSE_PRECISION``): ``"fp32"`` turns autocast off everywhere; ``"bf16"``
@@ -302,7 +381,9 @@ def choose_precision(device: torch.device | None = None, mode: str | None = None
     * CUDA: bf16 where supported, else fp16 (a T4; the training loop adds a gradient scaler);
     * XLA (TPU): bf16; MPS: fp16;
     * CPU: bf16 when :func:`cpu_bf16_isa` finds native bf16 and :func:`cached_cpu_probe`
-      measures bf16 at least :data:`MIN_CPU_BF16_SPEEDUP` times fp32, else fp32.
+      measures a training step at ``width`` (the model's, e.g. from :func:`model_width`;
+      default :data:`DEFAULT_PROBE_WIDTH`) at least :data:`MIN_CPU_BF16_SPEEDUP` times faster
+      in bf16, else fp32.
     """
     device = device if device is not None else get_device()
     if not isinstance(device, torch.device):
@@ -327,28 +408,29 @@ def choose_precision(device: torch.device | None = None, mode: str | None = None
     isa = cpu_bf16_isa()
     if isa is None:
         return PrecisionChoice(None, "no native bf16 on this CPU")
-    probe = cached_cpu_probe()
-    ratio = f"probe {probe.speedup:.1f}× fp32"
+    probe = cached_cpu_probe(width=width)
+    ratio = f"probe {probe.speedup:.2f}× fp32 at width {probe.width}"
     if probe.speedup >= MIN_CPU_BF16_SPEEDUP:
         return PrecisionChoice(torch.bfloat16, f"{isa}, {ratio}", probe)
     return PrecisionChoice(None, f"{isa}, but {ratio} (< {MIN_CPU_BF16_SPEEDUP}× needed)", probe)
 
 
-def autocast_dtype(device: torch.device, mode: str | None = None) -> torch.dtype | None:
-    """The mixed-precision dtype worth using on ``device``, or None for full fp32: the dtype of
-    :func:`choose_precision` (see there for the rules and ``$COURSE_PRECISION``)."""
-    return choose_precision(device, mode).dtype
+def autocast_dtype(device: torch.device, mode: str | None = None, width: int | None = None) -> torch.dtype | None:
+    """The mixed-precision dtype worth using on ``device`` for a model of ``width``, or None for
+    full fp32: the dtype of :func:`choose_precision` (see there for the rules and ``$COURSE_PRECISION``)."""
+    return choose_precision(device, mode, width).dtype
 
 
-def describe_precision(device: torch.device | None = None, mode: str | None = None) -> str:
-    """One line for a notebook's header, e.g. ``bf16 autocast (avx512_bf16, probe 2.3× fp32)``."""
-    return str(choose_precision(device, mode))
+def describe_precision(device: torch.device | None = None, mode: str | None = None, width: int | None = None) -> str:
+    """One line for a notebook's header, e.g. ``bf16 autocast (avx512_bf16, probe 1.40× fp32 at width 256)``."""
+    return str(choose_precision(device, mode, width))
 
 
 @contextlib.contextmanager
-def autocast(device: torch.device, enabled: bool = True, mode: str | None = None) -> Iterator[None]:
-    """``torch.autocast`` with :func:`autocast_dtype`; a no-op where that is None."""
-    dtype = autocast_dtype(device, mode) if enabled else None
+def autocast(device: torch.device, enabled: bool = True, mode: str | None = None,
+             width: int | None = None) -> Iterator[None]:
+    """``torch.autocast`` with :func:`autocast_dtype` (for a model of ``width``); a no-op where that is None."""
+    dtype = autocast_dtype(device, mode, width) if enabled else None
     if dtype is None:
         yield
         return

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 import torch
 
 from . import checkpoint as ckpt
-from .device import autocast_dtype, get_device, seed_everything
+from .device import autocast_dtype, get_device, model_width, seed_everything
 from .train_data import to_device
 
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
@@ -96,8 +96,8 @@ class TrainConfig:
     ``batch_size`` is the micro-batch the samplers should produce; one optimizer step sees
     ``batch_size * grad_accum_steps`` sequences. ``min_lr=None`` means ``lr / 10``.
     ``mixed_precision="auto"`` asks :func:`course_utils.device.choose_precision`: bf16 or fp16 on
-    a GPU, and on a CPU bf16 only where it has native bf16 and a timed probe finds it faster,
-    else fp32 (``$COURSE_PRECISION=fp32|bf16`` forces one). Weights, optimizer state and the loss
+    a GPU, and on a CPU bf16 only where it has native bf16 and a timed probe finds a training
+    step at the model's width faster, else fp32 (``$COURSE_PRECISION=fp32|bf16`` forces one). Weights, optimizer state and the loss
     stay fp32 in every mode; only the matmuls inside the forward and backward pass run in bf16.
     ``checkpoint_interval=None`` with a ``checkpoint_dir`` saves only at the end (or the stop).
 
@@ -253,17 +253,17 @@ def default_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     return loss
 
 
-def make_accelerator(mixed_precision: str = "auto", device: str | None = None):
+def make_accelerator(mixed_precision: str = "auto", device: str | None = None, width: int | None = None):
     """An ``accelerate.Accelerator`` for ``mixed_precision`` (``auto`` -> the dtype of
     :func:`course_utils.device.choose_precision` for the device: bf16/fp16 on a GPU, bf16 or fp32
-    on a CPU by measurement). In a single process, another device or precision than an
+    on a CPU by a training-step probe at the model's ``width``). In a single process, another device or precision than an
     earlier Accelerator's is allowed (Accelerate's shared state is reset)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
 
     dev = get_device(device)
     if mixed_precision == "auto":
-        dtype = autocast_dtype(dev)
+        dtype = autocast_dtype(dev, width=width)
         mixed_precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")  # type: ignore[arg-type]
     # Accelerate keeps one process-wide state: it refuses a new precision and silently stays on
     # the CPU after a CPU run (seen on a GPU machine). In one process, e.g. a notebook, starting
@@ -313,7 +313,7 @@ class Trainer:
         if (config.keep_best or config.patience is not None) and val_data is None:
             raise ValueError("keep_best and patience compare validation losses: pass val_data")
         self.config, self.train_data, self.val_data, self.loss_fn = config, train_data, val_data, loss_fn
-        self.accelerator = make_accelerator(config.mixed_precision, config.device)
+        self.accelerator = make_accelerator(config.mixed_precision, config.device, model_width(model))
         model = model.to(self.accelerator.device)
         optimizer = configure_optimizer(model, config.lr, config.weight_decay, config.betas)
         self._prepared, self.optimizer = self.accelerator.prepare(model, optimizer)

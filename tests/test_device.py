@@ -1,4 +1,5 @@
 """Each branch of device selection, with CUDA / torch_xla / MPS faked where this machine lacks them."""
+import json
 import sys
 import types
 
@@ -88,9 +89,9 @@ def test_seed_everything_reproduces():
 CPU = torch.device("cpu")
 
 
-def _probe(fp32: float, bf16: float) -> "dev.MatmulProbe":
-    return dev.MatmulProbe(fp32_gflops=fp32, bf16_gflops=bf16, tokens=1024, width=256, threads=2, cpu="test cpu",
-                           torch=torch.__version__)
+def _probe(fp32: float, bf16: float, width: int = 256) -> "dev.PrecisionProbe":
+    return dev.PrecisionProbe(fp32_gflops=fp32, bf16_gflops=bf16, tokens=768, width=width, threads=2, cpu="test cpu",
+                              torch=torch.__version__, kind="train step")
 
 
 @pytest.fixture
@@ -104,10 +105,10 @@ def fresh_probe(monkeypatch, tmp_path):
 
 def test_cpu_with_native_bf16_and_a_faster_probe_picks_bf16(fresh_probe, monkeypatch):
     monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: "avx512_bf16")
-    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False: _probe(190.0, 780.0))
+    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False, width=None: _probe(190.0, 780.0))
     choice = dev.choose_precision(CPU)
     assert choice.dtype == torch.bfloat16 and choice.name == "bf16"
-    assert str(choice) == "bf16 autocast (avx512_bf16, probe 4.1× fp32)"
+    assert str(choice) == "bf16 autocast (avx512_bf16, probe 4.11× fp32 at width 256)"
     assert dev.autocast_dtype(CPU) == torch.bfloat16
     with dev.autocast(CPU):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
@@ -116,16 +117,16 @@ def test_cpu_with_native_bf16_and_a_faster_probe_picks_bf16(fresh_probe, monkeyp
 def test_cpu_with_bf16_units_but_a_slow_probe_picks_fp32(fresh_probe, monkeypatch):
     # where bf16 does not pay (small matrices on some CPUs) the probe says so and auto keeps fp32
     monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: "avx512_bf16")
-    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False: _probe(190.0, 200.0))
+    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False, width=None: _probe(190.0, 200.0))
     choice = dev.choose_precision(CPU)
     assert choice.dtype is None and choice.name == "fp32"
-    assert str(choice) == f"fp32 (avx512_bf16, but probe 1.1× fp32 (< {dev.MIN_CPU_BF16_SPEEDUP}× needed))"
+    assert str(choice) == f"fp32 (avx512_bf16, but probe 1.05× fp32 at width 256 (< {dev.MIN_CPU_BF16_SPEEDUP}× needed))"
 
 
 def test_cpu_without_bf16_units_picks_fp32_without_probing(fresh_probe, monkeypatch):
     monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: None)
 
-    def never(refresh=False):
+    def never(refresh=False, width=None):
         raise AssertionError("no bf16 instructions: there is nothing to probe")
 
     monkeypatch.setattr(dev, "cached_cpu_probe", never)
@@ -134,7 +135,7 @@ def test_cpu_without_bf16_units_picks_fp32_without_probing(fresh_probe, monkeypa
 
 def test_precision_can_be_forced_by_argument_or_environment(fresh_probe, monkeypatch):
     monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: "avx512_bf16")
-    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False: _probe(190.0, 780.0))
+    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False, width=None: _probe(190.0, 780.0))
     assert str(dev.choose_precision(CPU, "fp32")) == "fp32 (forced by the mode argument)"
     monkeypatch.setenv("COURSE_PRECISION", "FP32")
     assert dev.autocast_dtype(CPU) is None
@@ -189,7 +190,7 @@ def test_probe_measures_both_precisions_and_checks_arguments():
 
 def test_probe_is_measured_once_and_remembered_on_disk(fresh_probe, monkeypatch):
     calls = []
-    monkeypatch.setattr(dev, "probe_cpu_matmul", lambda: calls.append(1) or _probe(100.0, 250.0))
+    monkeypatch.setattr(dev, "probe_cpu_train_step", lambda width: calls.append(1) or _probe(100.0, 250.0, width))
     first = dev.cached_cpu_probe()
     assert dev.cached_cpu_probe() is first and calls == [1]       # in memory for this process
     saved = fresh_probe / "cache" / dev.PROBE_FILE
@@ -202,3 +203,48 @@ def test_probe_is_measured_once_and_remembered_on_disk(fresh_probe, monkeypatch)
     saved.write_text("{not json")                                 # a damaged file is measured over
     monkeypatch.setattr(dev, "_PROBE_CACHE", {})
     assert dev.cached_cpu_probe() == first and calls == [1, 1, 1]
+
+
+def test_the_choice_follows_the_width_of_the_model(fresh_probe, monkeypatch):
+    # measured on this project's CPU: a training step at width 32 is ~0.6x as fast in bf16, at 256 ~1.4x
+    monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: "avx512_bf16")
+    asked = []
+    speed = {32: 0.6, 128: 1.05, 256: 1.4}
+    monkeypatch.setattr(dev, "probe_cpu_train_step",
+                        lambda width: asked.append(width) or _probe(100.0, 100.0 * speed[width], width))
+    assert dev.choose_precision(CPU, width=32).dtype is None
+    assert "probe 0.60× fp32 at width 32" in str(dev.choose_precision(CPU, width=32))
+    assert dev.autocast_dtype(CPU, width=128) is None
+    assert dev.autocast_dtype(CPU, width=256) == torch.bfloat16
+    assert dev.choose_precision(CPU).probe.width == dev.DEFAULT_PROBE_WIDTH  # no width: a laptop-sized model
+    assert asked == [32, 128, 256]                                          # each width timed once
+    saved = json.loads((fresh_probe / "cache" / dev.PROBE_FILE).read_text())
+    assert sorted(v["width"] for v in saved.values()) == [32, 128, 256]
+    with dev.autocast(CPU, width=32):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with pytest.raises(ValueError, match="width must be a positive int"):
+        dev.choose_precision(CPU, width=0)
+
+
+def test_train_step_probe_times_both_precisions_and_leaves_the_rng_alone():
+    before = torch.random.get_rng_state()
+    probe = dev.probe_cpu_train_step(width=32, tokens=128, rounds=1, steps=1)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert probe.kind == "train step" and probe.fp32_gflops > 0 and probe.bf16_gflops > 0
+    assert (probe.tokens, probe.width, probe.threads) == (128, 32, torch.get_num_threads())
+    assert probe.describe().startswith("train step 128 tokens x width 32")
+    with pytest.raises(ValueError, match="multiple of the block size 64"):
+        dev.probe_cpu_train_step(width=32, tokens=100)
+    with pytest.raises(ValueError, match="n_layer must be a positive int"):
+        dev.probe_cpu_train_step(n_layer=0)
+
+
+def test_model_width_reads_the_config():
+    from course_utils.models.gpt import GPT, GPTConfig
+
+    gpt = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=48))
+    assert dev.model_width(gpt) == 48
+    hf_like = torch.nn.Linear(2, 2)
+    hf_like.config = type("Config", (), {"hidden_size": 576})()
+    assert dev.model_width(hf_like) == 576
+    assert dev.model_width(torch.nn.Linear(2, 2)) is None

@@ -93,13 +93,15 @@ def test_precision_line_says_what_was_chosen_and_why(monkeypatch, capsys):
     monkeypatch.setenv("COURSE_DEVICE", "cpu")
     monkeypatch.delenv("COURSE_PRECISION", raising=False)
     monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: "avx512_bf16")
-    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False: dev.MatmulProbe(
-        fp32_gflops=190.0, bf16_gflops=741.0, tokens=1024, width=256, threads=2, cpu="test", torch="x"))
+    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False, width=None: dev.PrecisionProbe(
+        fp32_gflops=190.0, bf16_gflops=741.0, tokens=768, width=256, threads=2, cpu="test", torch="x", kind="train step"))
+    monkeypatch.setattr(dev, "probe_cpu_matmul", lambda: dev.PrecisionProbe(
+        fp32_gflops=190.0, bf16_gflops=860.0, tokens=1024, width=256, threads=2, cpu="test", torch="x"))
     info = doctor.collect(verify=False)
-    assert info["precision"]["choice"] == "bf16 autocast (avx512_bf16, probe 3.9× fp32)"
+    assert info["precision"]["choice"] == "bf16 autocast (avx512_bf16, probe 3.90× fp32 at width 256)"
     assert info["precision"]["probe"]["speedup"] == pytest.approx(3.9, abs=0.01)
     text = doctor.render(info)
-    assert "precision bf16 autocast (avx512_bf16, probe 3.9× fp32) | probe 1024x256 MLP, 2 threads: fp32 190 / bf16 741 GFLOP/s" in text
+    assert "precision bf16 autocast (avx512_bf16, probe 3.90× fp32 at width 256) | probe train step 768 tokens x width 256, 2 threads: fp32 190 / bf16 741 GFLOP/s | matmuls alone: fp32 190 / bf16 860 GFLOP/s" in text
     monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: None)  # an older CPU: fp32, no probe
     assert doctor.render(doctor.collect(verify=False)).count("precision fp32 (no native bf16 on this CPU)") == 1
     monkeypatch.setenv("COURSE_PRECISION", "fp32")
@@ -112,7 +114,7 @@ def test_reprobe_measures_again(monkeypatch, capsys):
     from course_utils import device as dev
 
     calls = []
-    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False: calls.append(refresh))
+    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False, width=None: calls.append(refresh))
     assert doctor.main(["--json", "--no-verify", "--reprobe"]) == 0
     assert calls and calls[0] is True
     json.loads(capsys.readouterr().out)

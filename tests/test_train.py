@@ -397,10 +397,17 @@ def test_auto_precision_on_cpu_follows_the_evidence(monkeypatch, tmp_path: Path,
     from course_utils import device as dev
     monkeypatch.delenv("COURSE_PRECISION", raising=False)
     monkeypatch.setattr(dev, "cpu_bf16_isa", lambda: isa)
-    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False: dev.MatmulProbe(
-        fp32_gflops=fp32, bf16_gflops=bf16, tokens=1024, width=256, threads=2, cpu="test", torch=torch.__version__))
+    widths = []
+    monkeypatch.setattr(dev, "cached_cpu_probe", lambda refresh=False, width=None: widths.append(width) or dev.PrecisionProbe(
+        fp32_gflops=fp32, bf16_gflops=bf16, tokens=768, width=width, threads=2, cpu="test", torch=torch.__version__))
     tr = _precision_trainer(None, "auto", max_steps=4)
     assert tr.accelerator.mixed_precision == expected
+    assert widths == ([None] if isa else [])  # TinyLM has no config: the default width is probed
+    if isa:  # a model with a config is probed at its own width
+        from course_utils.models.gpt import GPT, GPTConfig
+        Trainer(GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=1, n_head=2, n_embd=24)),
+                TrainConfig(max_steps=2, warmup_steps=0, batch_size=4, progress=False), RandomBlockSampler(_data(), BLOCK, 4, seed=1))
+        assert widths[-1] == 24
     monkeypatch.setenv("COURSE_PRECISION", "fp32")  # the learner's override beats the evidence
     assert _precision_trainer(None, "auto", max_steps=4).accelerator.mixed_precision == "no"
     make_accelerator("no", device="cpu")
