@@ -266,3 +266,21 @@ def test_mha_attention_mask_must_be_a_tensor():
     ours = A.MultiHeadAttention(8, 2)
     with pytest.raises(TypeError, match="attention_mask"):
         ours(torch.randn(1, 3, 8), attention_mask=[[1, 1, 0]])
+
+
+def test_fused_attention_is_sdpa_and_attends_cpu_bf16_in_fp32():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(3))
+    mask = torch.ones(5, 5, dtype=torch.bool).tril()
+    assert torch.equal(A.fused_attention(q, k, v, attn_mask=mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    assert torch.equal(A.fused_attention(q, k, v, is_causal=True), F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    # under CPU bf16 autocast: the output stays bf16 for the next matmul, computed from fp32 softmax,
+    # so it is the fp32 result rounded once, and gradients reach bf16 inputs
+    qb, kb, vb = (t.to(torch.bfloat16).requires_grad_() for t in (q, k, v))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = A.fused_attention(qb, kb, vb, is_causal=True)
+    assert y.dtype == torch.bfloat16
+    exact = F.scaled_dot_product_attention(qb.float(), kb.float(), vb.float(), is_causal=True)
+    assert torch.equal(y, exact.to(torch.bfloat16))
+    y.float().sum().backward()
+    assert qb.grad is not None and qb.grad.dtype == torch.bfloat16 and torch.isfinite(qb.grad.float()).all()

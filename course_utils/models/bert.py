@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import apply_rope, padding_mask, rope_cos_sin
+from ..attention import apply_rope, fused_attention, padding_mask, rope_cos_sin
 from .gpt import check_class_ids
 from .io import load_checkpoint, save_checkpoint
 
@@ -100,7 +100,7 @@ class BertSelfAttention(nn.Module):
             weights = att.softmax(dim=-1)
             y = F.dropout(weights, p) @ v if p > 0 else weights @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)
+            y = fused_attention(q, k, v, attn_mask=key_mask, dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(B, T, C)), weights
 
 

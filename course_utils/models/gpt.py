@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..attention import fused_attention
 from ..kv_cache import StaticKVCache, StaticLayerKV
 from .io import load_checkpoint, save_checkpoint
 
@@ -77,7 +78,8 @@ class GPTConfig:
 class CausalSelfAttention(nn.Module):
     """Multi-head masked self-attention with one fused q/k/v projection.
 
-    Fast path: ``F.scaled_dot_product_attention`` (``is_causal`` when there is no cache).
+    Fast path: PyTorch's fused kernel through :func:`course_utils.attention.fused_attention`
+    (``is_causal`` when there is no cache).
     Teaching path (``output_attentions=True``): softmax(QKᵀ/√d + mask)·V written out, which also
     returns the weights ``[B, H, T, T_total]``. ``past`` is the dynamic cache's ``(k, v)``
     (concatenated with the new ones) or a static cache's layer (written in place at ``positions``,
@@ -128,8 +130,8 @@ class CausalSelfAttention(nn.Module):
             weights = F.softmax(att, dim=-1)
             y = (F.dropout(weights, p) if p > 0 else weights) @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                               is_causal=(t_past == 0 and T > 1))
+            y = fused_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                is_causal=(t_past == 0 and T > 1))
         y = self.c_proj(y.transpose(1, 2).reshape(B, T, C))
         if p > 0:
             y = self.resid_dropout(y)
@@ -152,7 +154,7 @@ class CausalSelfAttention(nn.Module):
             weights = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
             y = (F.dropout(weights, p) if p > 0 else weights) @ values.to(q.dtype)
         else:
-            y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, dropout_p=p)
+            y = fused_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, dropout_p=p)
         y = self.c_proj(y.transpose(1, 2).reshape(B, T, self.n_embd))
         if p > 0:
             y = self.resid_dropout(y)

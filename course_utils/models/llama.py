@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import padding_mask
+from ..attention import fused_attention, padding_mask
 from .gpt import IGNORE_INDEX, sample_next_token
 from .io import load_checkpoint, save_checkpoint
 
@@ -235,8 +235,8 @@ class Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         # no mask given: plain causal attention over the new tokens (the fast path for training)
         causal = mask is None and past is None and T > 1
-        y = F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask,
-                                           dropout_p=p, is_causal=causal)
+        y = fused_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask,
+                            dropout_p=p, is_causal=causal)
         y = self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         return y, (k, v)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import padding_mask
+from ..attention import fused_attention, padding_mask
 from .gpt import check_class_ids
 from .io import load_checkpoint, save_checkpoint
 
@@ -85,7 +85,7 @@ class MultiHeadAttention(nn.Module):
             w = att.softmax(-1)
             y = (F.dropout(w, p) if p > 0 else w) @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            y = fused_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(B, T, C)), w
 
 
