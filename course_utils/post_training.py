@@ -510,8 +510,10 @@ def train_dpo(model: Any, tokenizer: Any, recipe: PostTrainingRecipe, pairs: Pre
 # ------------------------------------------------------------------------------ stage 4: GRPO
 def train_grpo(model: Any, tokenizer: Any, recipe: PostTrainingRecipe, problems: Sequence[vt.Problem],
                reference: Any | None = None, progress: bool = True,
-               reward_fn: Callable[[str, vt.Problem], float] = vt.reward) -> tuple[Any, dict[str, list[float]]]:
-    """GRPO of a copy of ``model``: each step samples ``group`` answers to each of ``prompts``
+               reward_fn: Callable[[str, vt.Problem], float] = vt.reward,
+               device: str | torch.device | None = None) -> tuple[Any, dict[str, list[float]]]:
+    """GRPO of a copy of ``model`` on ``device`` (default :func:`course_utils.device.get_device`;
+    the returned model is back on the CPU): each step samples ``group`` answers to each of ``prompts``
     problems, scores them with ``reward_fn`` (checked: one finite number per answer), turns the
     rewards into group-normalised advantages and takes ``inner_steps`` optimizer steps on the
     clipped-ratio objective (KL to ``reference`` when ``beta > 0``).
@@ -524,7 +526,12 @@ def train_grpo(model: Any, tokenizer: Any, recipe: PostTrainingRecipe, problems:
     r = recipe.grpo
     if r["beta"] > 0 and reference is None:
         raise ValueError("beta > 0 needs the reference model (the SFT model) for the KL penalty")
-    policy = copy.deepcopy(model).train()
+    from .device import get_device
+
+    dev = get_device(device)
+    policy = copy.deepcopy(model).to(dev).train()
+    if reference is not None and r["beta"] > 0 and next(reference.parameters()).device != dev:
+        reference = copy.deepcopy(reference).to(dev)  # the caller's model stays where it is
     opt = configure_optimizer(policy, r["lr"], weight_decay=0.0)
     rng = random.Random(4)
     g = torch.Generator().manual_seed(4)

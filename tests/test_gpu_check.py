@@ -43,7 +43,7 @@ def test_plays_split_like_the_course(gc):
 def test_tiny_run_writes_every_figure_and_what_was_not_run(gc, tmp_path, capsys):
     rep = gc.main(["--device", "cpu", "--tiny", "--out", str(tmp_path)])
     # every step ran; on a CPU the compiled leg of the step-time comparison is skipped, and said so
-    assert rep["not_run"].keys() == {"post_training_gpu_items", "compiled_step.compiled"}, rep["not_run"]
+    assert rep["not_run"].keys() == {"compiled_step.compiled"}, rep["not_run"]
     assert "CPU" in rep["not_run"]["compiled_step.compiled"]
     c = rep["results"]["char_gpt"]
     assert c["steps_run"] == gc.TINY_TRAIN["max_steps"] and c["stopped_by_budget_at"] is None
@@ -62,11 +62,15 @@ def test_tiny_run_writes_every_figure_and_what_was_not_run(gc, tmp_path, capsys)
     assert all(r["static_tok_s"] > 0 and r["compiled_tok_s"] is None for r in sd["rows"])
     t = rep["results"]["throughput"]
     assert t["runs"][0]["tokens_per_s"] and min(t["peak_gflops"].values()) > 0
+    pt = rep["results"]["post_training"]
+    assert pt["profile"] == "ci" and list(pt["stages"]) == ["base", "sft", "grpo"]
+    assert all(0 <= v["format_rate"] <= 1 and 0 <= v["accuracy"] <= v["accuracy_ci"][1] <= 1 for v in pt["stages"].values())
+    assert pt["grpo_gain_points"] == round(100 * (pt["stages"]["grpo"]["accuracy"] - pt["stages"]["sft"]["accuracy"]), 1)
     saved = json.loads(Path(rep["files"][0]).read_text())
     assert saved["gpu"].startswith("no GPU") and saved["date"] == rep["date"] and saved["versions"]["torch"]
     page = Path(rep["files"][1]).read_text()
-    for needle in ("# GPU check", "Char GPT", "KV cache", "Training throughput", "## Not run", "post_training",
-                   "Compiled training steps", "static KV cache", "compiled_step.compiled"):
+    for needle in ("# GPU check", "Char GPT", "KV cache", "Training throughput", "## Not run", "Post-training, chapter 12",
+                   "| grpo |", "Compiled training steps", "static KV cache", "compiled_step.compiled"):
         assert needle in page
 
 
@@ -75,12 +79,19 @@ def test_budget_stops_training_and_one_failure_does_not_stop_the_rest(gc, tmp_pa
     c = rep["results"]["char_gpt"]
     assert c["stopped_by_budget_at"] == 1 and c["steps_run"] == 1
     assert [e["step"] for e in c["evals"]] == [0, 1]    # the start, and the loss where the budget stopped it
-    assert set(rep["not_run"]) == {"kv_cache", "throughput", "compiled_step", "static_decode", "post_training_gpu_items"}
+    assert set(rep["not_run"]) == {"kv_cache", "throughput", "compiled_step", "static_decode", "post_training"}
     rep = gc.main(["--device", "cpu", "--tiny", "--only", "char_gpt", "--plays", str(tmp_path / "none"),
                    "--out", str(tmp_path)])
     assert "char_gpt" in rep["not_run"] and "FileNotFoundError" in rep["not_run"]["char_gpt"]
     with pytest.raises(ValueError, match="--only"):
         gc.main(["--only", "everything"])
+
+
+def test_post_training_says_what_a_bare_gpu_machine_lacks(gc, tmp_path, monkeypatch):
+    monkeypatch.setattr(gc, "POST_TRAINING_NEEDS", ("datasets", "no_such_module_here"))
+    rep = gc.main(["--device", "cpu", "--tiny", "--only", "post_training", "--out", str(tmp_path)])
+    assert "post_training" not in rep["results"]
+    assert rep["not_run"]["post_training"].startswith("ModuleNotFoundError: post-training needs no_such_module_here")
 
 
 def test_markdown_of_the_gpu_only_figures(gc):
