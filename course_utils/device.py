@@ -281,6 +281,9 @@ def _cpu_name() -> str:
 
 _PROBE_CACHE: dict[tuple[int, int], PrecisionProbe] = {}
 PROBE_FILE = "cpu_precision_probe.json"
+# part of each cached probe's key: a new value when the probe or the course's model code changes
+# what a step costs (v2: attention attends CPU bf16 in fp32), so that old timings are not reused
+PROBE_KIND = "train step v2"
 
 
 def _probe_file() -> Path | None:
@@ -303,7 +306,7 @@ def cached_cpu_probe(refresh: bool = False, width: int | None = None) -> Precisi
     if not refresh and (threads, width) in _PROBE_CACHE:
         return _PROBE_CACHE[threads, width]
     path = _probe_file()
-    key = f"{_cpu_name()} | torch {torch.__version__} | {threads} threads | train step, width {width}"
+    key = f"{_cpu_name()} | torch {torch.__version__} | {threads} threads | {PROBE_KIND}, width {width}"
     saved: dict = {}
     if path is not None and path.is_file():
         try:
