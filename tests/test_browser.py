@@ -323,6 +323,7 @@ def _chapter3_views(state: dict) -> list[str]:
 
 def _chat_box_answers(driver, lab: dict) -> list[str]:
     """Type a message into chapter 8's chat box, press Enter, wait for the streamed answer."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -339,12 +340,15 @@ def _chat_box_answers(driver, lab: dict) -> list[str]:
     seen_user_early = False
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        transcript = box.find_element(By.CSS_SELECTOR, ".cu-chat-transcript").text
-        seen_user_early |= "Name a colour." in transcript
-        send = box.find_element(By.XPATH, ".//button[normalize-space()='Send']")
-        if count("assistant") > assistants and send.is_enabled() and "▌" not in transcript \
-                and "thinking" not in transcript and not _kernel_busy(lab):
-            break
+        try:
+            transcript = box.find_element(By.CSS_SELECTOR, ".cu-chat-transcript").text
+            seen_user_early |= "Name a colour." in transcript
+            send = box.find_element(By.XPATH, ".//button[normalize-space()='Send']")
+            if count("assistant") > assistants and send.is_enabled() and "▌" not in transcript \
+                    and "thinking" not in transcript and not _kernel_busy(lab):
+                break
+        except StaleElementReferenceException:  # the widget redrew while we read it (seen in CI): read again
+            box = (driver.find_elements(By.CSS_SELECTOR, ".cu-chat") or [box])[-1]
         time.sleep(0.3)
     else:
         _snapshot(driver, "chat-box-no-answer", lab["tmp"])
