@@ -57,7 +57,7 @@ def _device() -> str:
 
 
 def _precision() -> dict[str, Any]:
-    from .device import PRECISION_ENV_VAR, choose_precision, cpu_bf16_isa, get_device
+    from .device import PRECISION_ENV_VAR, choose_precision, cpu_bf16_isa, get_device, probe_cpu_matmul
 
     choice = choose_precision(get_device())
     info: dict[str, Any] = {"choice": str(choice), "dtype": choice.name, "reason": choice.reason,
@@ -66,8 +66,6 @@ def _precision() -> dict[str, Any]:
         p = choice.probe
         info["probe"] = {"kind": p.kind, "fp32_gflops": round(p.fp32_gflops, 1), "bf16_gflops": round(p.bf16_gflops, 1),
                          "speedup": round(p.speedup, 2), "tokens": p.tokens, "width": p.width, "threads": p.threads}
-        from .device import probe_cpu_matmul
-
         m = probe_cpu_matmul()  # ~0.3 s: what the bf16 units can do, beside what a step gains
         info["matmul_peak"] = {"fp32_gflops": round(m.fp32_gflops, 1), "bf16_gflops": round(m.bf16_gflops, 1),
                                "speedup": round(m.speedup, 2)}
