@@ -76,6 +76,21 @@ def test_throughput_compares_precisions_against_their_own_peak(capsys):
         tt.main(TINY + ["--precisions", "int8"])
 
 
+
+def test_throughput_compile_reports_the_compiled_models_own_speed_up(monkeypatch, capsys):
+    """--compile with two precisions: the compiled model gets its bf16/fp32 speed-up beside the
+    eager ones and its compiled/eager ratio per precision. torch.compile is replaced by the
+    identity here (compiling would take ~15 s a precision): the bookkeeping is what is tested."""
+    tt = _load("train_throughput")
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: model)
+    res = tt.main(TINY + ["--precisions", "fp32,bf16", "--device", "cpu", "--compile"])
+    out = capsys.readouterr().out
+    run = res["runs"][0]
+    assert set(run["speedup"]) == {"ours bf16/fp32", "transformers bf16/fp32", "ours compiled bf16/fp32"}
+    assert set(run["compiled_vs_eager"]) == set(run["compile_s"]) == {"fp32", "bf16"}
+    assert all(v > 0 for v in run["speedup"].values())
+    assert "speed-up ours compiled bf16/fp32" in out and "compiled (bf16):" in out
+
 def test_flops_per_token_is_nanogpts_count():
     tt = _load("train_throughput")
     ours, _ = tt.build_models(65, layers=4, heads=4, width=128, block=64, device=torch.device("cpu"))
@@ -104,3 +119,22 @@ def test_generation_static_table_decodes_the_dynamic_caches_tokens(capsys):
     with pytest.raises(ValueError, match="--batches"):
         gen.main(["--table", "static", "--quick", "--batches", "0"])
 
+
+
+def test_trainer_precision_times_the_real_loop_in_both_precisions(monkeypatch, capsys):
+    """The Trainer benchmark runs chapter 5's training loop in fp32 and bf16, alternating: the
+    Accelerator of each run really used the precision asked for, and the speed-up is the median
+    of the per-round fp32/bf16 step-time ratios."""
+    monkeypatch.delenv("COURSE_PRECISION", raising=False)
+    tp = _load("trainer_precision")
+    res = tp.main(["--quick", "--device", "cpu"])
+    out = capsys.readouterr().out
+    (row,) = res["runs"]
+    assert row["width"] == 32 and row["autocast"] == {"no": "no", "bf16": "bf16"}
+    assert len(row["per_round"]) == 2 and min(row["ms_fp32"], row["ms_bf16"]) > 0
+    assert row["speedup"] == pytest.approx(sorted(row["per_round"])[0] / 2 + sorted(row["per_round"])[1] / 2)
+    assert "bf16 speed-up" in out and "round 2/2 fp32" in out
+    with pytest.raises(ValueError, match="--warm"):
+        tp.main(["--steps", "40", "--warm", "50"])
+    with pytest.raises(ValueError, match="--recipe"):
+        tp.main(["--recipe", "huge"])
