@@ -239,10 +239,8 @@ def run_width(args: argparse.Namespace, device: torch.device, width: int, precis
             c / e for c, e in zip(rates[("ours compiled", p)], rates[("ours", p)]))
         saved = step_tokens / med[("ours", p)] - step_tokens / med[("ours compiled", p)]   # seconds per step
         out["compile_pays_after_steps"][p] = round(compile_s[p] / saved) if saved > 0 else None
-    for m in ("ours", "transformers", "ours compiled"):
+    for m in ("ours", "transformers") + (("ours compiled",) if compile_s else ()):
         for p in precisions[1:]:
-            if (m, p) not in rates or (m, precisions[0]) not in rates:
-                continue   # "ours compiled" only with --compile
             per_round = [b / f for b, f in zip(rates[(m, p)], rates[(m, precisions[0])])]
             out["speedup"][f"{m} {p}/{precisions[0]}"] = statistics.median(per_round)
     split = {f"{m} {p}": [1e3 * statistics.median(ph[i] for ph in v) for i in range(3)]

@@ -36,19 +36,20 @@ def time_run(recipe: Any, width: int, mixed_precision: str, steps: int, warm: in
 
     tok, train_ids, val_ids = data
     marks: dict[int, float] = {}
-    used: list[str] = []
+    used = ""
 
     def on_event(ev: Any) -> None:
+        nonlocal used
         if ev.kind == "step" and ev.step in (warm, steps):
             marks[ev.step] = ev.elapsed
-            used.append(str(ev.trainer.accelerator.mixed_precision))
+            used = str(ev.trainer.accelerator.mixed_precision)
 
     cfg = recipe.train_config(progress=False, log=on_event, mixed_precision=mixed_precision, max_steps=steps,
                               eval_interval=10 * steps, eval_iters=2, device=device)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, **{**recipe.model, "n_embd": width}))
     pretraining.fit_causal_lm(model, cfg, train_ids, val_ids, recipe.model["block_size"])
-    return {"ms_per_step": 1e3 * (marks[steps] - marks[warm]) / (steps - warm), "autocast": used[-1]}
+    return {"ms_per_step": 1e3 * (marks[steps] - marks[warm]) / (steps - warm), "autocast": used}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

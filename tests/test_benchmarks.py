@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import statistics
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,6 @@ def test_throughput_compares_precisions_against_their_own_peak(capsys):
         tt.main(TINY + ["--precisions", "int8"])
 
 
-
 def test_throughput_compile_reports_the_compiled_models_own_speed_up(monkeypatch, capsys):
     """--compile with two precisions: the compiled model gets its bf16/fp32 speed-up beside the
     eager ones and its compiled/eager ratio per precision. torch.compile is replaced by the
@@ -90,6 +90,7 @@ def test_throughput_compile_reports_the_compiled_models_own_speed_up(monkeypatch
     assert set(run["compiled_vs_eager"]) == set(run["compile_s"]) == {"fp32", "bf16"}
     assert all(v > 0 for v in run["speedup"].values())
     assert "speed-up ours compiled bf16/fp32" in out and "compiled (bf16):" in out
+
 
 def test_flops_per_token_is_nanogpts_count():
     tt = _load("train_throughput")
@@ -120,7 +121,6 @@ def test_generation_static_table_decodes_the_dynamic_caches_tokens(capsys):
         gen.main(["--table", "static", "--quick", "--batches", "0"])
 
 
-
 def test_trainer_precision_times_the_real_loop_in_both_precisions(monkeypatch, capsys):
     """The Trainer benchmark runs chapter 5's training loop in fp32 and bf16, alternating: the
     Accelerator of each run really used the precision asked for, and the speed-up is the median
@@ -132,7 +132,7 @@ def test_trainer_precision_times_the_real_loop_in_both_precisions(monkeypatch, c
     (row,) = res["runs"]
     assert row["width"] == 32 and row["autocast"] == {"no": "no", "bf16": "bf16"}
     assert len(row["per_round"]) == 2 and min(row["ms_fp32"], row["ms_bf16"]) > 0
-    assert row["speedup"] == pytest.approx(sorted(row["per_round"])[0] / 2 + sorted(row["per_round"])[1] / 2)
+    assert row["speedup"] == pytest.approx(statistics.median(row["per_round"]))
     assert "bf16 speed-up" in out and "round 2/2 fp32" in out
     with pytest.raises(ValueError, match="--warm"):
         tp.main(["--steps", "40", "--warm", "50"])
